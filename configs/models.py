@@ -1,0 +1,452 @@
+"""The task.yaml format, apiVersion ``mloc/v1``, as pydantic models.
+
+These models are the one source of truth: the validator, the JSON Schema for editors
+and the Prefect run form are all derived from them.
+"""
+
+from __future__ import annotations
+
+from typing import Annotated, Any, ClassVar, Literal
+
+from pydantic import AfterValidator, BaseModel, ConfigDict, Field, ValidationInfo, field_validator, model_validator
+
+from configs import checks
+from configs.errors import choice_hint, did_you_mean
+from configs.gpus import ANY_GPU, GPU_TYPE_NAMES
+from configs.quantities import cpu_quantity, memory_quantity
+
+
+class FieldError(ValueError):
+    """A cross-field error raised by a model validator, attached to one of its fields."""
+
+    def __init__(self, field: str, message: str) -> None:
+        super().__init__(message)
+        self.field = field
+
+
+class Model(BaseModel):
+    # strict: YAML already typed every scalar, so "4" for an integer is a mistake worth reporting
+    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+    #: hints for keys people put in the wrong place, shown instead of "did you mean"
+    key_hints: ClassVar[dict[str, str]] = {}
+
+
+TaskName = Annotated[str, AfterValidator(checks.task_name)]
+LabelValue = Annotated[str, AfterValidator(checks.label_value)]
+BlockName = Annotated[str, AfterValidator(checks.block_name)]
+RepoId = Annotated[str, AfterValidator(checks.repo_id)]
+Bucket = Annotated[str, AfterValidator(checks.bucket_name)]
+ObjectPath = Annotated[str, AfterValidator(checks.object_path)]
+Template = Annotated[str, AfterValidator(checks.prompt_template)]
+NonEmpty = Annotated[str, Field(min_length=1)]
+
+_CREDENTIALS_HF = Field(
+    None,
+    description="Name of a Prefect Secret block holding a Hugging Face token (for private or gated repos).",
+)
+_CREDENTIALS_S3 = Field(
+    None,
+    description="Name of a prefect-aws AwsCredentials block; unset uses the worker's own AWS credentials.",
+)
+
+
+# --- metadata ---------------------------------------------------------------------------------
+
+
+class Metadata(Model):
+    name: TaskName = Field(
+        description="The task's name: its Prefect deployment name and a Kubernetes DNS-1123 label "
+        "(lowercase letters, digits and '-', at most 63 characters)."
+    )
+    owner: LabelValue = Field(description="Who runs the task; GPU-hours are accounted to this user id.")
+    project: LabelValue = Field(description="The project GPU-hours are grouped under in usage reports.")
+    annotations: dict[str, str] = Field(default_factory=dict, description="Free-form notes, e.g. 'description'.")
+
+
+# --- resources --------------------------------------------------------------------------------
+
+
+class Gpu(Model):
+    type: str | None = Field(
+        None, description=f"A GPU type ({', '.join(GPU_TYPE_NAMES)}) or '{ANY_GPU}'; leave out for CPU-only tasks."
+    )
+    count: int = Field(0, ge=0, description="GPUs per replica; at least 1 when a type is given, 0 for CPU-only.")
+
+    @field_validator("type")
+    @classmethod
+    def _known_type(cls, value: str | None) -> str | None:
+        if value is not None and value != ANY_GPU and value not in GPU_TYPE_NAMES:
+            raise ValueError(f"'{value}' is not a known GPU type — " + choice_hint(value, [*GPU_TYPE_NAMES, ANY_GPU]))
+        return value
+
+    @model_validator(mode="after")
+    def _count_matches_type(self) -> Gpu:
+        if self.type is not None and self.count < 1:
+            raise FieldError(
+                "count",
+                f"is {self.count} but gpu.type is '{self.type}' — set count to 1 or more, "
+                "or remove gpu.type for a CPU-only task",
+            )
+        if self.type is None and self.count > 0:
+            raise FieldError("type", f"is missing for {self.count} GPU(s) — name a GPU type, or '{ANY_GPU}'")
+        return self
+
+
+class Hardware(Model):
+    cpu: Annotated[str | int | float, AfterValidator(cpu_quantity)] = Field(
+        "1", description="CPU request per replica, a Kubernetes quantity: '8', '500m'."
+    )
+    memory: Annotated[str | int, AfterValidator(memory_quantity)] = Field(
+        "4Gi", description="Memory request per replica, a Kubernetes quantity: '64Gi', '512Mi'."
+    )
+    gpu: Gpu = Field(default_factory=Gpu, description="GPUs per replica; leave out for CPU-only tasks.")
+
+
+class Resources(Model):
+    key_hints: ClassVar[dict[str, str]] = {k: "belongs under spec.resources.hardware" for k in ("cpu", "memory", "gpu")}
+    replicas: int = Field(1, ge=1, le=64, description="How many workers (nodes) run the task together.")
+    hardware: Hardware = Field(default_factory=Hardware, description="What each replica needs.")
+
+
+# --- sources and destinations -------------------------------------------------------------------
+
+
+class HuggingFaceModelSource(Model):
+    type: Literal["huggingface"] = Field(description="Download from the Hugging Face Hub.")
+    identifier: RepoId = Field(description="The repo id, e.g. 'mistralai/Mistral-7B-Instruct-v0.1'.")
+    revision: NonEmpty = Field("main", description="Branch, tag or commit to download.")
+    credentials_block: BlockName | None = _CREDENTIALS_HF
+
+
+class S3Source(Model):
+    type: Literal["s3"] = Field(description="Download from an S3 bucket (or any S3-compatible store).")
+    bucket: Bucket = Field(description="The bucket name, without 's3://'.")
+    path: ObjectPath = Field(description="The key prefix (a folder) or key (a file) inside the bucket.")
+    credentials_block: BlockName | None = _CREDENTIALS_S3
+
+
+class LocalSource(Model):
+    type: Literal["local"] = Field(description="Read from a path on the worker (a mounted volume).")
+    path: NonEmpty = Field(description="A directory or file; relative paths are relative to the task.yaml.")
+
+
+class HuggingFaceDatasetSource(HuggingFaceModelSource):
+    identifier: RepoId = Field(description="The dataset repo id, e.g. 'databricks/dolly-15k'.")
+    split: NonEmpty = Field("train", description="The split to train on.")
+    subset: str | None = Field(None, description="The dataset's configuration (subset) name, if it has several.")
+
+
+ModelSource = Annotated[HuggingFaceModelSource | S3Source | LocalSource, Field(discriminator="type")]
+DatasetSource = Annotated[HuggingFaceDatasetSource | S3Source | LocalSource, Field(discriminator="type")]
+
+
+class S3Destination(Model):
+    type: Literal["s3"] = Field(description="Upload to an S3 bucket.")
+    bucket: Bucket = Field(description="The bucket name, without 's3://'.")
+    path: ObjectPath = Field(description="The key prefix results are written under.")
+    credentials_block: BlockName | None = _CREDENTIALS_S3
+
+
+class HuggingFaceDestination(Model):
+    type: Literal["huggingface"] = Field(description="Upload to a Hugging Face Hub repo.")
+    identifier: RepoId = Field(description="The repo id to push to, e.g. 'my-org/mistral-7b-dolly'.")
+    private: bool = Field(True, description="Create the repo as private if it does not exist.")
+    credentials_block: BlockName | None = _CREDENTIALS_HF
+
+
+class LocalDestination(Model):
+    type: Literal["local"] = Field(description="Write to a path on the worker (a mounted volume).")
+    path: NonEmpty = Field(description="A directory; relative paths are relative to the task.yaml.")
+
+
+Destination = Annotated[S3Destination | HuggingFaceDestination | LocalDestination, Field(discriminator="type")]
+
+
+# --- model and adapter ------------------------------------------------------------------------
+
+
+class LoraAdapter(Model):
+    type: Literal["lora"] = Field(description="LoRA: train low-rank adapters on a frozen base model.")
+    r: int = Field(16, ge=1, le=1024, description="Rank of the adapter matrices.")
+    lora_alpha: float = Field(32, gt=0, description="Scaling factor; the update is scaled by lora_alpha / r.")
+    lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input, in [0, 1).")
+    target_modules: list[NonEmpty] | Literal["all-linear"] = Field(
+        "all-linear", description="Module names to adapt (e.g. ['q_proj', 'v_proj']) or 'all-linear'."
+    )
+    bias: Literal["none", "all", "lora_only"] = Field("none", description="Which biases to train.")
+    use_rslora: bool = Field(False, description="Rank-stabilised LoRA scaling (lora_alpha / sqrt(r)).")
+    modules_to_save: list[NonEmpty] = Field(
+        default_factory=list, description="Modules trained in full and saved with the adapter, e.g. ['lm_head']."
+    )
+    key_hints: ClassVar[dict[str, str]] = {
+        k: "only for adapter type 'qlora'" for k in ("bits", "quant_type", "double_quant", "compute_dtype")
+    }
+
+    @field_validator("target_modules")
+    @classmethod
+    def _distinct(cls, value: list[str] | str) -> list[str] | str:
+        if isinstance(value, list):
+            if not value:
+                raise ValueError("is empty — list module names such as ['q_proj', 'v_proj'], or use 'all-linear'")
+            duplicates = sorted({m for m in value if value.count(m) > 1})
+            if duplicates:
+                raise ValueError(f"lists {', '.join(duplicates)} more than once — list each module once")
+        return value
+
+
+class QloraAdapter(LoraAdapter):
+    type: Literal["qlora"] = Field(description="QLoRA: LoRA on a 4-bit quantised base model (needs a CUDA GPU).")  # type: ignore[assignment]
+    bits: Literal[4, 8] = Field(4, description="Quantisation of the base model's weights.")
+    quant_type: Literal["nf4", "fp4"] = Field("nf4", description="4-bit data type.")
+    double_quant: bool = Field(True, description="Quantise the quantisation constants too.")
+    compute_dtype: Literal["bfloat16", "float16", "float32"] = Field("bfloat16", description="Compute dtype.")
+    key_hints: ClassVar[dict[str, str]] = {}
+
+
+Adapter = Annotated[LoraAdapter | QloraAdapter, Field(discriminator="type")]
+
+
+class ModelSpec(Model):
+    source: ModelSource = Field(description="Where the base model comes from.")
+    adapter: Adapter | None = Field(None, description="Train a LoRA / QLoRA adapter instead of all weights.")
+
+
+class RewardModelSpec(Model):
+    source: ModelSource = Field(description="Where the reward model (a sequence classifier) comes from.")
+
+
+# --- data -------------------------------------------------------------------------------------
+
+
+class Preprocessing(Model):
+    prompt_template: Template | None = Field(
+        None,
+        description="Python format string over dataset columns, e.g. '### Question:\\n{instruction}\\n'. "
+        "With completion_template it renders the prompt; alone, the whole training text.",
+    )
+    completion_template: Template | None = Field(
+        None, description="Format string for the completion the loss is computed on, e.g. '{response}'."
+    )
+    max_seq_length: int = Field(1024, ge=8, le=1_048_576, description="Longest tokenised example; longer ones are cut.")
+
+
+class DatasetSpec(Model):
+    source: DatasetSource = Field(
+        description="Where the dataset comes from (JSON lines, CSV, Parquet or a Hub dataset)."
+    )
+    preprocessing: Preprocessing = Field(default_factory=Preprocessing, description="How rows become text.")
+
+
+# --- MLOC extensions --------------------------------------------------------------------------
+
+Metric = Literal["eval_loss", "perplexity", "eval_loss_reduction"]
+
+
+class Gate(Model):
+    metric: Metric = Field(description="The metric checked after training.")
+    min: float | None = Field(None, description="Fail the run (and upload nothing) below this value.")
+    max: float | None = Field(None, description="Fail the run (and upload nothing) above this value.")
+
+    @model_validator(mode="after")
+    def _has_bound(self) -> Gate:
+        if self.min is None and self.max is None:
+            raise FieldError("max", "is missing — a gate needs 'min', 'max' or both")
+        if self.min is not None and self.max is not None and self.min > self.max:
+            raise FieldError("min", f"({self.min}) is above max ({self.max}) — no value could pass")
+        return self
+
+
+class Evaluation(Model):
+    enabled: bool = Field(True, description="Evaluate before and after training.")
+    split: str | None = Field(None, description="A named held-out split of the dataset; unset holds out a fraction.")
+    held_out_fraction: float = Field(0.1, gt=0, lt=1, description="Share of rows held out when no split is named.")
+    max_samples: int = Field(256, ge=1, description="At most this many held-out rows are scored.")
+    generation_prompts: int = Field(3, ge=0, le=100, description="Held-out prompts to generate answers for.")
+    max_new_tokens: int = Field(64, ge=1, le=32768, description="Length limit of those generations.")
+    backend: Literal["auto", "vllm", "transformers"] = Field(
+        "auto", description="'auto' uses vLLM when it is installed and a GPU is present, else transformers."
+    )
+    gates: list[Gate] = Field(default_factory=list, description="Quality gates: the run fails if one is not met.")
+
+
+class Schedule(Model):
+    cron: Annotated[str, AfterValidator(checks.cron)] = Field(
+        description="When to run, five cron fields: '0 3 * * 1' is Mondays at 03:00."
+    )
+    timezone: Annotated[str, AfterValidator(checks.timezone)] = Field(
+        "UTC", description="IANA time zone the cron expression is read in, e.g. 'Europe/Berlin'."
+    )
+    active: bool = Field(True, description="Set false to keep the schedule but pause it.")
+
+
+class Execution(Model):
+    retries: int = Field(0, ge=0, le=10, description="How often Prefect retries a failed run.")
+    retry_delay_seconds: int = Field(60, ge=0, description="Wait between retries.")
+    timeout_seconds: int | None = Field(None, ge=1, description="Cancel a run that takes longer than this.")
+
+
+# --- outputs ----------------------------------------------------------------------------------
+
+TrainingArtifact = Literal["adapter_weights", "full_model", "training_logs", "eval_results"]
+InferenceArtifact = Literal["predictions", "eval_results", "logs"]
+
+
+def _distinct_artifacts(value: list[str]) -> list[str]:
+    if not value:
+        raise ValueError("is empty — list what to upload, e.g. ['adapter_weights', 'training_logs']")
+    duplicates = sorted({a for a in value if value.count(a) > 1})
+    if duplicates:
+        raise ValueError(f"lists {', '.join(duplicates)} more than once — list each artifact once")
+    return value
+
+
+class TrainingOutput(Model):
+    destination: Destination = Field(description="Where results are uploaded.")
+    artifacts: Annotated[list[TrainingArtifact], AfterValidator(_distinct_artifacts)] = Field(
+        description="What to upload: adapter_weights, full_model (adapter merged in), training_logs, eval_results."
+    )
+
+
+class InferenceOutput(Model):
+    destination: Destination = Field(description="Where results are uploaded.")
+    artifacts: Annotated[list[InferenceArtifact], AfterValidator(_distinct_artifacts)] = Field(
+        ["predictions"], description="What to upload: predictions, eval_results, logs."
+    )
+
+
+# --- inference --------------------------------------------------------------------------------
+
+
+class Retrieval(Model):
+    documents: DatasetSource = Field(description="The corpus to retrieve from.")
+    text_field: NonEmpty = Field("text", description="The column holding each document's text.")
+    embedding_model: ModelSource = Field(description="A sentence-embedding model.")
+    chunk_size: int = Field(512, ge=32, le=8192, description="Characters per chunk.")
+    chunk_overlap: int = Field(64, ge=0, description="Characters shared by neighbouring chunks.")
+    top_k: int = Field(4, ge=1, le=100, description="Chunks put into each prompt.")
+
+    @model_validator(mode="after")
+    def _overlap_below_size(self) -> Retrieval:
+        if self.chunk_overlap >= self.chunk_size:
+            raise FieldError(
+                "chunk_overlap", f"({self.chunk_overlap}) must be smaller than chunk_size ({self.chunk_size})"
+            )
+        return self
+
+
+class Agent(Model):
+    tools: list[Literal["retriever", "calculator"]] = Field(description="Tools the agent may call.")
+    max_iterations: int = Field(5, ge=1, le=50, description="Tool calls allowed per question.")
+
+
+class Generation(Model):
+    max_new_tokens: int = Field(256, ge=1, le=32768, description="Length limit of each answer.")
+    temperature: float = Field(0.0, ge=0, le=5, description="0 decodes greedily.")
+    top_p: float = Field(1.0, gt=0, le=1, description="Nucleus sampling threshold.")
+    repetition_penalty: float = Field(1.0, gt=0, description="Above 1 discourages repeats.")
+
+
+class Inputs(Model):
+    source: DatasetSource = Field(description="The questions to answer.")
+    question_field: NonEmpty = Field("question", description="The column holding each question.")
+
+
+# --- the task ---------------------------------------------------------------------------------
+
+
+class _Spec(Model):
+    KIND: ClassVar[str]
+    task_type: str = Field(alias="taskType", description="Selects the pipeline step module.")
+    resources: Resources = Field(default_factory=Resources, description="Replicas, CPU, memory and GPUs.")
+    schedule: Schedule | None = Field(None, description="Run periodically on a cron schedule.")
+    execution: Execution = Field(default_factory=Execution, description="Retries and time limits.")
+
+    @field_validator("task_type")
+    @classmethod
+    def _registered(cls, value: str, info: ValidationInfo) -> str:
+        task_types = (info.context or {}).get("task_types")
+        if task_types is None:  # validated outside the CLI (e.g. a Prefect parameter): checked at run time
+            return value
+        if value not in task_types:
+            names = sorted(task_types)
+            guess = did_you_mean(value, names)
+            hint = f"did you mean '{guess}'?" if guess else "see `mloc task-types`"
+            raise ValueError(f"'{value}' is not a valid taskType among [{', '.join(names)}] — {hint}")
+        kind = task_types[value].kind
+        if kind != cls.KIND:
+            same = sorted(n for n, t in task_types.items() if t.kind == cls.KIND)
+            raise ValueError(
+                f"'{value}' is a {kind} type — set kind: {kind}, or use one of the {cls.KIND} types: {', '.join(same)}"
+            )
+        return value
+
+
+class TrainingSpec(_Spec):
+    KIND: ClassVar[str] = "TrainingTask"
+    key_hints: ClassVar[dict[str, str]] = {
+        "prompt_template": "belongs under spec.dataset.preprocessing",
+        "max_seq_length": "belongs under spec.dataset.preprocessing",
+        "adapter": "belongs under spec.model",
+        "hardware": "belongs under spec.resources",
+        "gpu": "belongs under spec.resources.hardware",
+    }
+    model: ModelSpec = Field(description="The base model and the adapter to train.")
+    dataset: DatasetSpec = Field(description="The training data and how rows become text.")
+    reward_model: RewardModelSpec | None = Field(
+        None, description="The reward model that online RL (ppo, grpo) scores completions with."
+    )
+    reward_functions: list[Literal["accuracy_reward", "reasoning_accuracy_reward", "think_format_reward"]] = Field(
+        default_factory=list,
+        description="TRL's built-in reward functions for grpo, beside or instead of a reward model.",
+    )
+    hyperparameters: dict[str, Any] = Field(
+        default_factory=dict, description="Fields of the trainer's config class (e.g. trl.SFTConfig), passed as-is."
+    )
+    evaluation: Evaluation = Field(default_factory=Evaluation, description="Held-out evaluation and quality gates.")
+    output: TrainingOutput = Field(description="Where results go and which ones.")
+
+
+class InferenceSpec(_Spec):
+    KIND: ClassVar[str] = "InferenceTask"
+    model: ModelSpec = Field(description="The language model that answers.")
+    inputs: Inputs = Field(description="The questions to answer.")
+    prompt_template: Template | None = Field(
+        None, description="Format string with {question} and, for retrieval, {context}."
+    )
+    retrieval: Retrieval | None = Field(None, description="Retrieval-augmented generation settings.")
+    agent: Agent | None = Field(None, description="Agent settings: tools and limits.")
+    generation: Generation = Field(default_factory=Generation, description="Decoding settings.")
+    output: InferenceOutput = Field(description="Where results go and which ones.")
+
+
+class _Task(Model):
+    key_hints: ClassVar[dict[str, str]] = {
+        k: "belongs under 'spec:'"
+        for k in ("taskType", "resources", "model", "dataset", "hyperparameters", "output", "evaluation", "schedule")
+    } | {k: "belongs under 'metadata:'" for k in ("name", "owner", "project", "annotations")}
+    api_version: Literal["mloc/v1"] = Field(alias="apiVersion", description="The task.yaml format version.")
+    metadata: Metadata = Field(description="Name, owner and project.")
+
+
+class TrainingTask(_Task):
+    """Fine-tune a model: SFT, reward model, DPO, GRPO, PPO-style online RL."""
+
+    kind: Literal["TrainingTask"] = Field(description="A task that trains a model.")
+    spec: TrainingSpec = Field(description="What to train, on what, with which resources.")
+
+
+class InferenceTask(_Task):
+    """Answer questions with a model: retrieval-augmented inference, agents."""
+
+    kind: Literal["InferenceTask"] = Field(description="A task that runs a model without training it.")
+    spec: InferenceSpec = Field(description="What to run, on what, with which resources.")
+
+
+class TaskHeader(_Task):
+    """apiVersion and metadata alone: still checked when the kind is missing or unknown."""
+
+    model_config = ConfigDict(extra="ignore")
+
+
+Task = Annotated[TrainingTask | InferenceTask, Field(discriminator="kind")]
+KINDS = ["TrainingTask", "InferenceTask"]

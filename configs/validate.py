@@ -1,0 +1,383 @@
+"""Validating task.yaml files: every error of a file, each with its line, field and fix."""
+
+from __future__ import annotations
+
+import types
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Annotated, Any, Union, get_args, get_origin
+
+import yaml
+from pydantic import BaseModel, TypeAdapter, ValidationError
+
+from configs import hyperparameters
+from configs.checks import template_fields
+from configs.errors import ConfigIssue, Loc, TaskError, choice_hint, did_you_mean, dotted, yaml_type
+from configs.gpus import gpu_type
+from configs.models import KINDS, FieldError, InferenceTask, Task, TaskHeader, TrainingTask
+from configs.secrets import HINT as SECRET_HINT
+from configs.secrets import find_secrets
+from configs.tasktypes import TaskTypeInfo
+from configs.yamlsource import Document, YamlSyntaxError, parse
+
+_ADAPTER: TypeAdapter[Any] = TypeAdapter(Task)
+YAML_SUFFIXES = (".yaml", ".yml")
+
+
+@dataclass
+class Result:
+    """The outcome of validating one file."""
+
+    file: str
+    task: TrainingTask | InferenceTask | None = None
+    issues: list[ConfigIssue] = field(default_factory=list)
+    unreadable: bool = False
+
+    @property
+    def valid(self) -> bool:
+        return not self.issues
+
+    def to_dict(self) -> dict[str, Any]:
+        return {
+            "file": self.file,
+            "valid": self.valid,
+            "unreadable": self.unreadable,
+            "errors": [i.to_dict() for i in self.issues],
+        }
+
+
+class _Collector:
+    def __init__(self, file: str, doc: Document) -> None:
+        self.file, self.doc, self.issues = file, doc, []
+        self.flagged: set[Loc] = set()
+
+    def add(self, loc: Loc, message: str, at_key: bool = False) -> None:
+        line, col = self.doc.positions.of_key(loc) if at_key else self.doc.positions.of_value(loc)
+        text, _, hint = message.partition(" — ")
+        self.issues.append(ConfigIssue(self.file, line, col, dotted(loc), text, hint))
+
+
+# --- pydantic errors -> issues ----------------------------------------------------------------
+
+
+def _unwrap(tp: Any) -> Any:
+    while True:
+        origin = get_origin(tp)
+        if origin is Annotated:
+            tp = get_args(tp)[0]
+        elif origin in (Union, types.UnionType) and sum(a is not type(None) for a in get_args(tp)) == 1:
+            tp = next(a for a in get_args(tp) if a is not type(None))
+        else:
+            return tp
+
+
+def _model_at(parts: Iterable[str | int], root: Any = Task) -> type[BaseModel] | None:
+    """The model class that a pydantic error location (tags included) points into."""
+    tp: Any = root
+    for part in parts:
+        tp = _unwrap(tp)
+        origin = get_origin(tp)
+        if origin in (Union, types.UnionType):
+            members = [m for m in get_args(tp) if isinstance(m, type) and issubclass(m, BaseModel)]
+            tp = next((m for m in members if _tag_of(m) == part), None)
+            if tp is None:
+                return None
+        elif isinstance(tp, type) and issubclass(tp, BaseModel):
+            found = next((f for n, f in tp.model_fields.items() if part in (n, f.alias)), None)
+            if found is None:
+                return None
+            tp = found.annotation
+        elif origin in (list, dict):
+            tp = get_args(tp)[-1]
+        else:
+            return None
+    tp = _unwrap(tp)
+    return tp if isinstance(tp, type) and issubclass(tp, BaseModel) else None
+
+
+def _tag_of(model: type[BaseModel]) -> str | None:
+    for name in ("type", "kind"):
+        if name in model.model_fields:
+            args = get_args(model.model_fields[name].annotation)
+            return args[0] if args else None
+    return None
+
+
+def _data_loc(loc: tuple[str | int, ...], data: Any) -> Loc:
+    """Drop the union tags pydantic puts into locations, keeping the path as written in YAML."""
+    out: list[str | int] = []
+    for index, part in enumerate(loc):
+        if (isinstance(data, dict) and part in data) or (
+            isinstance(data, list) and isinstance(part, int) and part < len(data)
+        ):
+            data = data[part]
+        elif index == len(loc) - 1 and isinstance(part, str) and not part[:1].isupper() and "[" not in part:
+            pass  # a missing field: keep its name
+        else:
+            continue
+        out.append(part)
+    return tuple(out)
+
+
+_TYPE_WORDS = {
+    "string_type": "a string",
+    "int_type": "an integer",
+    "int_from_float": "a whole number",
+    "float_type": "a number",
+    "bool_type": "true or false",
+    "list_type": "a list",
+    "dict_type": "a mapping",
+    "model_type": "a mapping",
+    "model_attributes_type": "a mapping",
+    "literal_error": None,
+}
+
+
+def _translate(err: Mapping[str, Any], data: Any, out: _Collector, root: Any = Task) -> None:
+    kind, loc, value = err["type"], tuple(err["loc"]), err.get("input")
+    where = _data_loc(loc, data)
+    if where in out.flagged:
+        return
+    if kind == "extra_forbidden":
+        model = _model_at(loc[:-1], root)
+        key = str(loc[-1])
+        if model is not None and key in model.key_hints:
+            out.add(where, f"is not a field here — {model.key_hints[key]}", at_key=True)
+            return
+        names = [f.alias or n for n, f in model.model_fields.items()] if model else []
+        guess = did_you_mean(key, names)
+        hint = f"did you mean '{guess}'?" if guess else ("valid fields: " + ", ".join(names) if names else "remove it")
+        out.add(where, f"unknown field '{key}' — {hint}", at_key=True)
+    elif kind == "missing":
+        out.add(where, f"is required — add '{where[-1]}:' here", at_key=True)
+    elif kind in ("union_tag_not_found", "union_tag_invalid"):
+        tag_name = "kind" if where == () else "type"
+        expected = [t.strip(" '") for t in str(err.get("ctx", {}).get("expected_tags", "")).split(",")]
+        if where == ():
+            expected = KINDS
+        if kind == "union_tag_not_found":
+            out.add((*where, tag_name), f"is required — use one of: {', '.join(expected)}", at_key=True)
+        else:
+            tag = err["ctx"]["tag"]
+            out.add((*where, tag_name), f"'{tag}' is not a valid {tag_name} — " + choice_hint(tag, expected))
+    elif kind == "literal_error":
+        expected = [e.strip(" '") for e in str(err["ctx"]["expected"]).replace(" or ", ", ").split(",")]
+        if isinstance(value, str):
+            out.add(where, f"'{value}' is not valid — " + choice_hint(value, expected))
+        else:
+            out.add(where, f"{yaml_type(value)} is not valid — use one of: {', '.join(expected)}")
+    elif kind in ("value_error", "assertion_error"):
+        error = err.get("ctx", {}).get("error")
+        if isinstance(error, FieldError):
+            out.add((*where, error.field), str(error))
+        else:
+            out.add(where, str(error) if error else err["msg"])
+    elif kind == "string_type":
+        quote = " — put it in quotes" if isinstance(value, (int, float, bool)) else ""
+        out.add(where, f"must be a string, not {yaml_type(value)}{quote}")
+    elif kind in _TYPE_WORDS:
+        out.add(where, f"must be {_TYPE_WORDS[kind]}, not {yaml_type(value)}")
+    elif kind in ("greater_than", "greater_than_equal", "less_than", "less_than_equal"):
+        sign = {"greater_than": ">", "greater_than_equal": ">=", "less_than": "<", "less_than_equal": "<="}[kind]
+        bound = next(iter(err["ctx"].values()))
+        out.add(where, f"is {value} — it must be {sign} {bound}")
+    elif kind in ("too_short", "string_too_short"):
+        out.add(where, "must not be empty")
+    else:
+        out.add(where, err["msg"])
+
+
+# --- checks that span sections ----------------------------------------------------------------
+
+
+def _cross_checks(task: TrainingTask | InferenceTask, info: TaskTypeInfo | None, out: _Collector) -> None:
+    spec = task.spec
+    gpu = spec.resources.hardware.gpu
+    if info is not None and info.requires_one_of and not any(getattr(spec, s, None) for s in info.requires_one_of):
+        wanted = " or ".join(f"spec.{s}" for s in info.requires_one_of)
+        out.add(
+            ("spec", info.requires_one_of[0]), f"is required for taskType '{info.name}' — add {wanted}", at_key=True
+        )
+    if isinstance(task, InferenceTask):
+        if spec.prompt_template is not None:
+            allowed = {"question"} | ({"context"} if spec.retrieval else set())
+            for name in template_fields(spec.prompt_template):
+                if name not in allowed:
+                    out.add(
+                        ("spec", "prompt_template"),
+                        f"placeholder '{{{name}}}' is not filled in — use {', '.join('{' + a + '}' for a in sorted(allowed))}",
+                    )
+        return
+    adapter = task.spec.model.adapter
+    if adapter is not None and adapter.type == "qlora" and gpu.count == 0:
+        out.add(
+            ("spec", "model", "adapter", "type"),
+            "qlora loads the base model in 4 bits, which needs a CUDA GPU, and this task asks for none — "
+            "ask for one in spec.resources.hardware.gpu, or use type: lora",
+        )
+    artifacts = task.spec.output.artifacts
+    if "adapter_weights" in artifacts and adapter is None:
+        out.add(
+            ("spec", "output", "artifacts", artifacts.index("adapter_weights")),
+            "'adapter_weights' needs an adapter — add spec.model.adapter, or upload 'full_model'",
+        )
+    evaluation = task.spec.evaluation
+    if not evaluation.enabled and evaluation.gates:
+        out.add(("spec", "evaluation", "gates"), "are set but evaluation is disabled — set enabled: true")
+    if not evaluation.enabled and "eval_results" in artifacts:
+        out.add(
+            ("spec", "output", "artifacts", artifacts.index("eval_results")),
+            "'eval_results' needs evaluation — set spec.evaluation.enabled: true",
+        )
+    if evaluation.backend == "vllm" and gpu.count == 0:
+        out.add(("spec", "evaluation", "backend"), "vllm needs a GPU and this task asks for none — use 'auto'")
+    prep = task.spec.dataset.preprocessing
+    if prep.completion_template is not None and prep.prompt_template is None:
+        out.add(
+            ("spec", "dataset", "preprocessing", "completion_template"),
+            "is set without prompt_template — add a prompt_template for the prompt part",
+        )
+    card = gpu_type(gpu.type) if gpu.type else None
+    if card is not None and not card.bf16 and task.spec.hyperparameters.get("bf16") is True:
+        out.add(
+            ("spec", "hyperparameters", "bf16"),
+            f"{card.name} cannot compute in bfloat16 — use fp16: true, or a GPU type from A100 on",
+        )
+
+
+# --- entry points -----------------------------------------------------------------------------
+
+
+def _syntax_path(text: str) -> Loc:
+    """The key path the parser had reached when it failed, for a syntax error's message."""
+    stack: list[list[Any]] = []  # [is_mapping, current key or index, expecting_key]
+    try:
+        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
+                if stack:
+                    _advance(stack)
+                stack.append(
+                    [
+                        isinstance(event, yaml.MappingStartEvent),
+                        -1 if isinstance(event, yaml.SequenceStartEvent) else None,
+                        True,
+                    ]
+                )
+            elif isinstance(event, (yaml.MappingEndEvent, yaml.SequenceEndEvent)):
+                stack.pop()
+            elif isinstance(event, (yaml.ScalarEvent, yaml.AliasEvent)) and stack:
+                top = stack[-1]
+                if top[0] and top[2]:
+                    top[1], top[2] = getattr(event, "value", None), False
+                else:
+                    _advance(stack)
+    except yaml.YAMLError:
+        pass
+    return tuple(frame[1] for frame in stack if frame[1] is not None and frame[1] != -1)
+
+
+def _advance(stack: list[list[Any]]) -> None:
+    top = stack[-1]
+    if top[0]:
+        top[2] = True
+    else:
+        top[1] += 1
+
+
+def validate_text(text: str, file: str, task_types: Mapping[str, TaskTypeInfo]) -> Result:
+    """Validate one task.yaml's text. Never raises for bad input."""
+    try:
+        doc = parse(text)
+    except YamlSyntaxError as exc:
+        issue = ConfigIssue(
+            file,
+            exc.line,
+            exc.column,
+            dotted(_syntax_path(text)),
+            f"not valid YAML: {exc.message}",
+            "fix the syntax at this line (indentation, a missing ':' or an unclosed quote)",
+        )
+        return Result(file, issues=[issue], unreadable=True)
+    out = _Collector(file, doc)
+    data = doc.data
+    for loc in doc.duplicates:
+        out.add(loc, "is given twice — keep one", at_key=True)
+    for loc, what in find_secrets(doc.strings):
+        out.flagged.add(loc)
+        out.add(loc, f"holds {what} — {SECRET_HINT}")
+    if data is None:
+        out.add((), "the file is empty — a task.yaml starts with 'apiVersion: mloc/v1' and 'kind: TrainingTask'")
+        return Result(file, issues=out.issues)
+    if not isinstance(data, dict):
+        out.add(
+            (), f"the file holds {yaml_type(data)} — a task.yaml is a mapping of apiVersion, kind, metadata and spec"
+        )
+        return Result(file, issues=out.issues)
+
+    task = None
+    try:
+        task = _ADAPTER.validate_python(data, context={"task_types": task_types})
+    except ValidationError as exc:
+        errors = exc.errors(include_url=False)
+        for err in errors:
+            _translate(err, data, out)
+        if any(not e["loc"] for e in errors):  # no kind to go by: check what every kind shares
+            try:
+                TaskHeader.model_validate(data)
+            except ValidationError as header:
+                for err in header.errors(include_url=False):
+                    _translate(err, data, out, root=TaskHeader)
+
+    spec = data.get("spec")
+    info = (
+        task_types.get(spec.get("taskType"))
+        if isinstance(spec, dict) and isinstance(spec.get("taskType"), str)
+        else None
+    )
+    if info is not None and info.fields_file and isinstance(spec.get("hyperparameters"), dict):
+        values, problems = hyperparameters.check(
+            spec["hyperparameters"], info.hyperparameter_fields, info.trainer_config
+        )
+        for name, message in problems:
+            if ("spec", "hyperparameters", name) not in out.flagged:
+                out.add(("spec", "hyperparameters", name), message, at_key="is not a field" in message)
+        if task is not None and not problems:
+            task.spec.hyperparameters = values
+    if task is not None:
+        _cross_checks(task, info, out)
+    issues = sorted(out.issues, key=lambda i: (i.line, i.column))
+    return Result(file, task=task if not issues else None, issues=issues)
+
+
+def validate_file(path: Path | str, task_types: Mapping[str, TaskTypeInfo]) -> Result:
+    path = Path(path)
+    try:
+        text = path.read_bytes().decode("utf-8")
+    except (OSError, UnicodeDecodeError) as exc:
+        reason = exc.strerror if isinstance(exc, OSError) and exc.strerror else "it is not UTF-8 text"
+        if isinstance(exc, IsADirectoryError):
+            reason = "it is a directory"
+        issue = ConfigIssue(str(path), 1, 1, "(file)", f"cannot be read: {reason}", "give the path of a task.yaml file")
+        return Result(str(path), issues=[issue], unreadable=True)
+    return validate_text(text, str(path), task_types)
+
+
+def expand_paths(paths: Iterable[Path | str]) -> list[Path]:
+    """Files as given, folders expanded to the YAML files under them (sorted)."""
+    out: list[Path] = []
+    for raw in paths:
+        path = Path(raw)
+        if path.is_dir():
+            out.extend(sorted(p for p in path.rglob("*") if p.suffix in YAML_SUFFIXES and p.is_file()))
+        else:
+            out.append(path)
+    return out
+
+
+def load_task(path: Path | str, task_types: Mapping[str, TaskTypeInfo]) -> TrainingTask | InferenceTask:
+    """The validated task in ``path``; raises :class:`TaskError` listing every problem."""
+    result = validate_file(path, task_types)
+    if result.task is None:
+        raise TaskError(result.issues, unreadable=result.unreadable)
+    return result.task

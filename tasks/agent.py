@@ -1,0 +1,17 @@
+"""agent: a tool-using LangChain agent.
+
+Each question in `spec.inputs` is answered by the model, which may call the tools in
+`spec.agent.tools` up to `max_iterations` times.
+"""
+
+from __future__ import annotations
+
+from configs import TaskTypeInfo
+
+TASK_TYPE = TaskTypeInfo(
+    name="agent",
+    kind="InferenceTask",
+    summary="A tool-using LangChain agent answering each input question.",
+    requires_one_of=("agent",),
+    example="agent_support_tools.yaml",
+)

@@ -1,0 +1,24 @@
+"""The registry of task types, written as a plain list.
+
+Adding a taskType is one module (with a ``TASK_TYPE`` and, for trainers,
+``trainer_config_class``) plus one line here.
+"""
+
+from __future__ import annotations
+
+from types import ModuleType
+
+from configs import TaskTypeInfo
+from tasks import agent, rag, train_dpo, train_grpo, train_ppo, train_rm, train_sft
+
+MODULES: list[ModuleType] = [
+    train_sft,
+    train_rm,
+    train_dpo,
+    train_grpo,
+    train_ppo,
+    rag,
+    agent,
+]
+
+TASK_TYPES: dict[str, TaskTypeInfo] = {m.TASK_TYPE.name: m.TASK_TYPE for m in MODULES}
