@@ -26,7 +26,7 @@ class FieldError(ValueError):
 
 class Model(BaseModel):
     # strict: YAML already typed every scalar, so "4" for an integer is a mistake worth reporting
-    model_config = ConfigDict(extra="forbid", strict=True, populate_by_name=True)
+    model_config = ConfigDict(extra="forbid", strict=True)
     #: hints for keys people put in the wrong place, shown instead of "did you mean"
     key_hints: ClassVar[dict[str, str]] = {}
 
@@ -443,9 +443,10 @@ class InferenceTask(_Task):
 
 
 class TaskHeader(_Task):
-    """apiVersion and metadata alone: still checked when the kind is missing or unknown."""
+    """What every kind shares: still checked when the kind is missing or unknown."""
 
-    model_config = ConfigDict(extra="ignore")
+    kind: Any = None
+    spec: Any = None
 
 
 Task = Annotated[TrainingTask | InferenceTask, Field(discriminator="kind")]

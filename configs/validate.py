@@ -15,7 +15,7 @@ from configs import hyperparameters
 from configs.checks import template_fields
 from configs.errors import ConfigIssue, Loc, TaskError, choice_hint, did_you_mean, dotted, yaml_type
 from configs.gpus import gpu_type
-from configs.models import KINDS, FieldError, InferenceTask, Task, TaskHeader, TrainingTask
+from configs.models import KINDS, FieldError, InferenceTask, QloraAdapter, Task, TaskHeader, TrainingTask
 from configs.secrets import HINT as SECRET_HINT
 from configs.secrets import find_secrets
 from configs.tasktypes import TaskTypeInfo
@@ -49,7 +49,8 @@ class Result:
 
 class _Collector:
     def __init__(self, file: str, doc: Document) -> None:
-        self.file, self.doc, self.issues = file, doc, []
+        self.file, self.doc = file, doc
+        self.issues: list[ConfigIssue] = []
         self.flagged: set[Loc] = set()
 
     def add(self, loc: Loc, message: str, at_key: bool = False) -> None:
@@ -108,9 +109,9 @@ def _data_loc(loc: tuple[str | int, ...], data: Any) -> Loc:
     """Drop the union tags pydantic puts into locations, keeping the path as written in YAML."""
     out: list[str | int] = []
     for index, part in enumerate(loc):
-        if (isinstance(data, dict) and part in data) or (
-            isinstance(data, list) and isinstance(part, int) and part < len(data)
-        ):
+        if isinstance(data, dict) and part in data:
+            data = data[part]
+        elif isinstance(data, list) and isinstance(part, int) and part < len(data):
             data = data[part]
         elif index == len(loc) - 1 and isinstance(part, str) and not part[:1].isupper() and "[" not in part:
             pass  # a missing field: keep its name
@@ -142,8 +143,9 @@ def _translate(err: Mapping[str, Any], data: Any, out: _Collector, root: Any = T
     if kind == "extra_forbidden":
         model = _model_at(loc[:-1], root)
         key = str(loc[-1])
-        if model is not None and key in model.key_hints:
-            out.add(where, f"is not a field here — {model.key_hints[key]}", at_key=True)
+        key_hints: dict[str, str] = getattr(model, "key_hints", {})
+        if key in key_hints:
+            out.add(where, f"is not a field here — {key_hints[key]}", at_key=True)
             return
         names = [f.alias or n for n, f in model.model_fields.items()] if model else []
         guess = did_you_mean(key, names)
@@ -200,9 +202,9 @@ def _cross_checks(task: TrainingTask | InferenceTask, info: TaskTypeInfo | None,
             ("spec", info.requires_one_of[0]), f"is required for taskType '{info.name}' — add {wanted}", at_key=True
         )
     if isinstance(task, InferenceTask):
-        if spec.prompt_template is not None:
-            allowed = {"question"} | ({"context"} if spec.retrieval else set())
-            for name in template_fields(spec.prompt_template):
+        if task.spec.prompt_template is not None:
+            allowed = {"question"} | ({"context"} if task.spec.retrieval else set())
+            for name in template_fields(task.spec.prompt_template):
                 if name not in allowed:
                     out.add(
                         ("spec", "prompt_template"),
@@ -239,11 +241,17 @@ def _cross_checks(task: TrainingTask | InferenceTask, info: TaskTypeInfo | None,
             "is set without prompt_template — add a prompt_template for the prompt part",
         )
     card = gpu_type(gpu.type) if gpu.type else None
-    if card is not None and not card.bf16 and task.spec.hyperparameters.get("bf16") is True:
-        out.add(
-            ("spec", "hyperparameters", "bf16"),
-            f"{card.name} cannot compute in bfloat16 — use fp16: true, or a GPU type from A100 on",
-        )
+    if card is not None and not card.bf16:
+        if task.spec.hyperparameters.get("bf16") is True:
+            out.add(
+                ("spec", "hyperparameters", "bf16"),
+                f"{card.name} cannot compute in bfloat16 — use fp16: true, or a GPU type from the A100 on",
+            )
+        if isinstance(adapter, QloraAdapter) and adapter.compute_dtype == "bfloat16":
+            out.add(
+                ("spec", "model", "adapter", "compute_dtype"),
+                f"bfloat16 is not supported by {card.name} — set compute_dtype: float16",
+            )
 
 
 # --- entry points -----------------------------------------------------------------------------
@@ -330,12 +338,9 @@ def validate_text(text: str, file: str, task_types: Mapping[str, TaskTypeInfo]) 
                     _translate(err, data, out, root=TaskHeader)
 
     spec = data.get("spec")
-    info = (
-        task_types.get(spec.get("taskType"))
-        if isinstance(spec, dict) and isinstance(spec.get("taskType"), str)
-        else None
-    )
-    if info is not None and info.fields_file and isinstance(spec.get("hyperparameters"), dict):
+    spec = spec if isinstance(spec, dict) else {}
+    info = task_types.get(spec["taskType"]) if isinstance(spec.get("taskType"), str) else None
+    if info is not None and info.trainer_config and isinstance(spec.get("hyperparameters"), dict):
         values, problems = hyperparameters.check(
             spec["hyperparameters"], info.hyperparameter_fields, info.trainer_config
         )

@@ -64,6 +64,8 @@ def parse(text: str) -> Document:
             mark = exc.problem_mark or exc.context_mark
             line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
             problem = exc.problem or str(exc)
+            if exc.context and exc.context_mark and exc.context_mark.line + 1 != line:
+                problem += f" ({exc.context} that starts at line {exc.context_mark.line + 1})"
             if "expected a single document" in str(exc):
                 problem = "more than one YAML document in the file"
             raise YamlSyntaxError(line, col, problem) from None

@@ -1,0 +1,454 @@
+#!/usr/bin/env python
+"""Build the quickstart's assets: a tiny Q&A dataset and a tiny base model, offline.
+
+    python scripts/make_quickstart_assets.py [--out DIR]      # DIR defaults to configs/quickstart
+
+Writes, under DIR:
+
+- `qa.jsonl`: short questions with 1-3 word answers (`question`, `answer`), made from
+  templates over small fact tables (capitals, arithmetic, colours, opposites, animals).
+- `tiny-model/`: a tiny `LlamaForCausalLM` and its byte-level BPE tokenizer, loadable
+  offline with `AutoModelForCausalLM` / `AutoTokenizer`. The model is briefly pre-trained
+  on plain sentences stating the same facts ("The capital of France is Paris."), never
+  on the "Question: ... Answer:" format, so that it is a small but sensible base model:
+  it knows the facts, and the quickstart's fine-tune teaches it to answer questions.
+
+The output is deterministic: fixed seeds, fixed iteration order, a single CPU thread for
+the pre-training, so running the script twice gives byte-identical files (on the same
+kind of CPU, with the same torch/transformers/tokenizers versions).
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import random
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+SEED = 20240601
+DEFAULT_OUT = Path(__file__).resolve().parent.parent / "configs" / "quickstart"
+
+# ---------------------------------------------------------------------------------------------
+# Fact tables
+# ---------------------------------------------------------------------------------------------
+
+CAPITALS = (
+    ("Argentina", "Buenos Aires"),
+    ("Australia", "Canberra"),
+    ("Austria", "Vienna"),
+    ("Belgium", "Brussels"),
+    ("Brazil", "Brasilia"),
+    ("Canada", "Ottawa"),
+    ("Chile", "Santiago"),
+    ("China", "Beijing"),
+    ("Colombia", "Bogota"),
+    ("Cuba", "Havana"),
+    ("Denmark", "Copenhagen"),
+    ("Egypt", "Cairo"),
+    ("Finland", "Helsinki"),
+    ("France", "Paris"),
+    ("Germany", "Berlin"),
+    ("Ghana", "Accra"),
+    ("Greece", "Athens"),
+    ("Hungary", "Budapest"),
+    ("India", "New Delhi"),
+    ("Indonesia", "Jakarta"),
+    ("Iran", "Tehran"),
+    ("Ireland", "Dublin"),
+    ("Italy", "Rome"),
+    ("Japan", "Tokyo"),
+    ("Kenya", "Nairobi"),
+    ("Mexico", "Mexico City"),
+    ("Morocco", "Rabat"),
+    ("Netherlands", "Amsterdam"),
+    ("Nigeria", "Abuja"),
+    ("Norway", "Oslo"),
+    ("Peru", "Lima"),
+    ("Poland", "Warsaw"),
+    ("Portugal", "Lisbon"),
+    ("Russia", "Moscow"),
+    ("South Korea", "Seoul"),
+    ("Spain", "Madrid"),
+    ("Sweden", "Stockholm"),
+    ("Switzerland", "Bern"),
+    ("Thailand", "Bangkok"),
+    ("Turkey", "Ankara"),
+)
+
+# (thing, colour); the thing as it reads after "What colour is".
+COLOURS = (
+    ("grass", "green"),
+    ("the sky", "blue"),
+    ("snow", "white"),
+    ("coal", "black"),
+    ("blood", "red"),
+    ("a banana", "yellow"),
+    ("a lemon", "yellow"),
+    ("a tomato", "red"),
+    ("milk", "white"),
+    ("a carrot", "orange"),
+    ("a crow", "black"),
+    ("chocolate", "brown"),
+    ("a strawberry", "red"),
+    ("an emerald", "green"),
+    ("a lime", "green"),
+    ("the sea", "blue"),
+    ("a pumpkin", "orange"),
+    ("an elephant", "grey"),
+    ("a flamingo", "pink"),
+    ("soil", "brown"),
+    ("a cherry", "red"),
+    ("a plum", "purple"),
+    ("a violet", "purple"),
+    ("a frog", "green"),
+    ("ash", "grey"),
+    ("the sun", "yellow"),
+)
+
+OPPOSITES = (
+    ("hot", "cold"),
+    ("big", "small"),
+    ("up", "down"),
+    ("fast", "slow"),
+    ("happy", "sad"),
+    ("light", "dark"),
+    ("open", "closed"),
+    ("wet", "dry"),
+    ("early", "late"),
+    ("full", "empty"),
+    ("hard", "soft"),
+    ("high", "low"),
+    ("long", "short"),
+    ("loud", "quiet"),
+    ("rich", "poor"),
+    ("strong", "weak"),
+    ("thick", "thin"),
+    ("left", "right"),
+    ("day", "night"),
+    ("push", "pull"),
+    ("win", "lose"),
+    ("first", "last"),
+    ("near", "far"),
+    ("clean", "dirty"),
+    ("true", "false"),
+    ("north", "south"),
+    ("east", "west"),
+    ("good", "bad"),
+    ("easy", "difficult"),
+    ("above", "below"),
+    ("before", "after"),
+    ("young", "old"),
+)
+
+SOUNDS = (
+    ("cow", "moo"),
+    ("dog", "woof"),
+    ("cat", "meow"),
+    ("duck", "quack"),
+    ("sheep", "baa"),
+    ("pig", "oink"),
+    ("lion", "roar"),
+    ("owl", "hoot"),
+    ("horse", "neigh"),
+    ("snake", "hiss"),
+    ("bee", "buzz"),
+    ("mouse", "squeak"),
+    ("wolf", "howl"),
+    ("donkey", "bray"),
+)
+
+BABIES = (
+    ("dog", "puppy"),
+    ("cat", "kitten"),
+    ("cow", "calf"),
+    ("sheep", "lamb"),
+    ("horse", "foal"),
+    ("duck", "duckling"),
+    ("frog", "tadpole"),
+    ("bear", "cub"),
+    ("kangaroo", "joey"),
+    ("pig", "piglet"),
+    ("deer", "fawn"),
+    ("goose", "gosling"),
+    ("swan", "cygnet"),
+    ("owl", "owlet"),
+)
+
+# Arithmetic: every sum and product of 1..9, every difference a - b with 1 <= b <= a <= 9.
+OPERATIONS = (
+    ("plus", lambda a, b: a + b),
+    ("minus", lambda a, b: a - b),
+    ("times", lambda a, b: a * b),
+)
+ARITHMETIC_ROWS_PER_OPERATION = 45
+
+
+def arithmetic_facts() -> list[tuple[int, str, int, int]]:
+    """(a, operation, b, result) for every fact in the table, in a fixed order."""
+    facts = []
+    for name, fn in OPERATIONS:
+        for a in range(1, 10):
+            for b in range(1, 10):
+                if name == "minus" and b > a:
+                    continue
+                facts.append((a, name, b, fn(a, b)))
+    return facts
+
+
+# ---------------------------------------------------------------------------------------------
+# The Q&A dataset
+# ---------------------------------------------------------------------------------------------
+
+
+def qa_rows() -> list[dict[str, str]]:
+    """The dataset's rows, in a fixed (seeded, shuffled) order."""
+    rows: list[tuple[str, str]] = []
+    for country, capital in CAPITALS:
+        rows.append((f"What is the capital of {country}?", capital))
+        rows.append((f"Which city is the capital of {country}?", capital))
+        rows.append((f"Name the capital city of {country}.", capital))
+    for thing, colour in COLOURS:
+        rows.append((f"What colour is {thing}?", colour))
+        rows.append((f"What is the colour of {thing}?", colour))
+    for a, b in OPPOSITES:
+        rows.append((f"What is the opposite of {a}?", b))
+        rows.append((f"What is the opposite of {b}?", a))
+        rows.append((f"Give the opposite of {a}.", b))
+    for animal, sound in SOUNDS:
+        rows.append((f"What sound does a {animal} make?", sound))
+        rows.append((f"What does a {animal} say?", sound))
+    for animal, baby in BABIES:
+        rows.append((f"What is a baby {animal} called?", baby))
+        rows.append((f"What do you call a young {animal}?", baby))
+    rng = random.Random(SEED)
+    for name, _ in OPERATIONS:
+        facts = [f for f in arithmetic_facts() if f[1] == name]
+        for a, op, b, result in rng.sample(facts, ARITHMETIC_ROWS_PER_OPERATION):
+            rows.append((f"What is {a} {op} {b}?", str(result)))
+    rng.shuffle(rows)
+    return [{"question": q, "answer": a} for q, a in rows]
+
+
+def write_jsonl(rows: list[dict[str, str]], path: Path) -> None:
+    with path.open("w", encoding="utf-8", newline="\n") as f:
+        for row in rows:
+            f.write(json.dumps(row, ensure_ascii=False) + "\n")
+
+
+# ---------------------------------------------------------------------------------------------
+# Pre-training text: the same facts as plain sentences, never in the Q&A format
+# ---------------------------------------------------------------------------------------------
+
+
+def pretraining_sentences() -> list[str]:
+    out: list[str] = []
+    for country, capital in CAPITALS:
+        out += [
+            f"The capital of {country} is {capital}.",
+            f"{capital} is the capital of {country}.",
+            f"The capital city of {country} is {capital}.",
+        ]
+    for thing, colour in COLOURS:
+        out += [f"The colour of {thing} is {colour}.", f"{thing[0].upper() + thing[1:]} is {colour}."]
+    for a, b in OPPOSITES:
+        out += [f"The opposite of {a} is {b}.", f"The opposite of {b} is {a}."]
+    for animal, sound in SOUNDS:
+        out += [f"A {animal} says {sound}.", f"The sound a {animal} makes is {sound}."]
+    for animal, baby in BABIES:
+        out += [f"A baby {animal} is called a {baby}.", f"A young {animal} is a {baby}."]
+    for a, op, b, result in arithmetic_facts():
+        out += [f"{a} {op} {b} is {result}.", f"{a} {op} {b} equals {result}."]
+    return out
+
+
+# ---------------------------------------------------------------------------------------------
+# Tokenizer
+# ---------------------------------------------------------------------------------------------
+
+UNK, BOS, EOS, PAD = "<unk>", "<s>", "</s>", "<pad>"
+VOCAB_SIZE = 640
+# The words of the quickstart's templates (configs/quickstart.yaml), so they get tokens of their own.
+TEMPLATE_TEXT = ("Question: What is it?\nAnswer: yes\n",) * 50
+
+
+def build_tokenizer(texts: list[str]):
+    """A byte-level BPE tokenizer (like GPT-2's), trained on `texts`; adds <s> in front of each text."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast
+
+    tok = Tokenizer(models.BPE(unk_token=None, byte_fallback=False))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False, use_regex=True)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(
+        vocab_size=VOCAB_SIZE,
+        min_frequency=2,
+        special_tokens=[UNK, BOS, EOS, PAD],
+        initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+        show_progress=False,
+    )
+    tok.train_from_iterator(texts, trainer=trainer)
+    bos_id = tok.token_to_id(BOS)
+    tok.post_processor = processors.Sequence(
+        [
+            processors.ByteLevel(trim_offsets=False),
+            processors.TemplateProcessing(
+                single=f"{BOS} $A", pair=f"{BOS} $A {BOS} $B", special_tokens=[(BOS, bos_id)]
+            ),
+        ]
+    )
+    return PreTrainedTokenizerFast(
+        tokenizer_object=tok,
+        bos_token=BOS,
+        eos_token=EOS,
+        unk_token=UNK,
+        pad_token=PAD,
+        model_max_length=128,
+        padding_side="right",
+        clean_up_tokenization_spaces=False,
+    )
+
+
+# ---------------------------------------------------------------------------------------------
+# Model
+# ---------------------------------------------------------------------------------------------
+
+MODEL_CONFIG = {
+    "hidden_size": 64,
+    "intermediate_size": 172,
+    "num_hidden_layers": 2,
+    "num_attention_heads": 4,
+    "num_key_value_heads": 4,
+    "max_position_embeddings": 128,
+    "tie_word_embeddings": True,
+    "initializer_range": 0.02,
+    "rms_norm_eps": 1e-5,
+}
+
+PRETRAIN_STEPS = 500
+PRETRAIN_BATCH = 32
+PRETRAIN_LR = 3e-3
+PRETRAIN_WARMUP = 25
+
+
+def build_model(tokenizer):
+    import torch
+    from transformers import GenerationConfig, LlamaConfig, LlamaForCausalLM
+
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+        **MODEL_CONFIG,
+    )
+    torch.manual_seed(SEED)
+    model = LlamaForCausalLM(config)
+    model.generation_config = GenerationConfig(
+        bos_token_id=tokenizer.bos_token_id,
+        eos_token_id=tokenizer.eos_token_id,
+        pad_token_id=tokenizer.pad_token_id,
+    )
+    return model
+
+
+def _batches(encoded: list[list[int]], pad_id: int, steps: int, batch: int) -> Iterator[tuple]:
+    import torch
+
+    generator = torch.Generator().manual_seed(SEED)
+    for _ in range(steps):
+        idx = torch.randint(len(encoded), (batch,), generator=generator).tolist()
+        seqs = [encoded[i] for i in idx]
+        width = max(len(s) for s in seqs)
+        input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
+        mask = torch.zeros((batch, width), dtype=torch.long)
+        for row, seq in enumerate(seqs):
+            input_ids[row, : len(seq)] = torch.tensor(seq)
+            mask[row, : len(seq)] = 1
+        labels = input_ids.masked_fill(mask == 0, -100)
+        yield input_ids, mask, labels
+
+
+def pretrain(model, tokenizer, sentences: list[str], steps: int = PRETRAIN_STEPS) -> list[float]:
+    """Plain next-token training of all weights on `sentences`; one thread, so it is reproducible."""
+    import torch
+
+    encoded = [tokenizer(s)["input_ids"] + [tokenizer.eos_token_id] for s in sentences]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    torch.manual_seed(SEED)
+    model.train()
+    optimizer = torch.optim.AdamW(model.parameters(), lr=PRETRAIN_LR, weight_decay=0.0)
+
+    def lr_factor(step: int) -> float:
+        if step < PRETRAIN_WARMUP:
+            return (step + 1) / PRETRAIN_WARMUP
+        progress = (step - PRETRAIN_WARMUP) / max(1, steps - PRETRAIN_WARMUP)
+        return 0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * progress))
+
+    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, lr_factor)
+    losses = []
+    try:
+        for input_ids, mask, labels in _batches(encoded, tokenizer.pad_token_id, steps, PRETRAIN_BATCH):
+            loss = model(input_ids=input_ids, attention_mask=mask, labels=labels).loss
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+            optimizer.step()
+            scheduler.step()
+            optimizer.zero_grad(set_to_none=True)
+            losses.append(loss.item())
+    finally:
+        torch.set_num_threads(threads)
+    model.eval()
+    return losses
+
+
+# ---------------------------------------------------------------------------------------------
+
+
+def build(out: Path, *, pretrain_steps: int = PRETRAIN_STEPS, verbose: bool = True) -> None:
+    import torch
+
+    torch.use_deterministic_algorithms(True)
+    out.mkdir(parents=True, exist_ok=True)
+    started = time.perf_counter()
+
+    rows = qa_rows()
+    write_jsonl(rows, out / "qa.jsonl")
+
+    sentences = pretraining_sentences()
+    corpus = sentences + [f"Question: {r['question']}\nAnswer: {r['answer']}" for r in rows] + list(TEMPLATE_TEXT)
+    tokenizer = build_tokenizer(corpus)
+    model = build_model(tokenizer)
+    losses = pretrain(model, tokenizer, sentences, steps=pretrain_steps) if pretrain_steps > 0 else []
+
+    model_dir = out / "tiny-model"
+    model_dir.mkdir(parents=True, exist_ok=True)
+    model.save_pretrained(model_dir)  # transformers 5 always writes safetensors
+    tokenizer.save_pretrained(model_dir)
+
+    if verbose:
+        params = sum(p.numel() for p in model.parameters())
+        print(f"qa.jsonl: {len(rows)} rows; pretraining sentences: {len(sentences)}")
+        print(f"tokenizer: {len(tokenizer)} tokens; model: {params:,} parameters")
+        if losses:
+            print(f"pretraining: {len(losses)} steps, loss {losses[0]:.3f} -> {sum(losses[-20:]) / 20:.3f}")
+        print(f"wrote {out} in {time.perf_counter() - started:.1f}s")
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--out", type=Path, default=DEFAULT_OUT, help=f"output folder (default: {DEFAULT_OUT})")
+    parser.add_argument(
+        "--pretrain-steps", type=int, default=PRETRAIN_STEPS, help="0 ships a randomly initialised model"
+    )
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    build(args.out, pretrain_steps=args.pretrain_steps)
+
+
+if __name__ == "__main__":
+    main()
