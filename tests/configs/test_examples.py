@@ -34,7 +34,8 @@ def test_example_validates(path: Path) -> None:
 
 def test_mloc_validate_configs_folder_exits_0() -> None:
     """Through the installed console script, as a user runs it."""
-    proc = subprocess.run(["mloc", "validate", str(CONFIGS)], capture_output=True, text=True, cwd=ROOT)
+    mloc = Path(sys.executable).parent / "mloc"  # the installed console script, PATH or not
+    proc = subprocess.run([str(mloc), "validate", str(CONFIGS)], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
     assert proc.stdout.count("ok    ") == len(EXAMPLES)
 
