@@ -7,7 +7,15 @@ pays for torch.
 from configs.errors import ConfigIssue, TaskError
 from configs.models import InferenceTask, Task, TrainingTask
 from configs.tasktypes import TaskTypeInfo
-from configs.validate import Result, expand_paths, load_task, validate_file, validate_text
+from configs.validate import (
+    Result,
+    expand_paths,
+    load_task,
+    load_task_data,
+    validate_data,
+    validate_file,
+    validate_text,
+)
 
 __all__ = [
     "ConfigIssue",
@@ -19,6 +27,8 @@ __all__ = [
     "TrainingTask",
     "expand_paths",
     "load_task",
+    "load_task_data",
+    "validate_data",
     "validate_file",
     "validate_text",
 ]

@@ -168,7 +168,7 @@ Destination = Annotated[S3Destination | HuggingFaceDestination | LocalDestinatio
 class LoraAdapter(Model):
     type: Literal["lora"] = Field(description="LoRA: train low-rank adapters on a frozen base model.")
     r: int = Field(16, ge=1, le=1024, description="Rank of the adapter matrices.")
-    lora_alpha: float = Field(32, gt=0, description="Scaling factor; the update is scaled by lora_alpha / r.")
+    lora_alpha: int = Field(32, ge=1, description="Scaling factor; the update is scaled by lora_alpha / r.")
     lora_dropout: float = Field(0.05, ge=0, lt=1, description="Dropout on the adapter input, in [0, 1).")
     target_modules: list[NonEmpty] | Literal["all-linear"] = Field(
         "all-linear", description="Module names to adapt (e.g. ['q_proj', 'v_proj']) or 'all-linear'."

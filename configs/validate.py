@@ -19,7 +19,7 @@ from configs.models import KINDS, FieldError, InferenceTask, QloraAdapter, Task,
 from configs.secrets import HINT as SECRET_HINT
 from configs.secrets import find_secrets
 from configs.tasktypes import TaskTypeInfo
-from configs.yamlsource import Document, YamlSyntaxError, parse
+from configs.yamlsource import Document, Positions, YamlSyntaxError, parse
 
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(Task)
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -307,6 +307,34 @@ def validate_text(text: str, file: str, task_types: Mapping[str, TaskTypeInfo]) 
             "fix the syntax at this line (indentation, a missing ':' or an unclosed quote)",
         )
         return Result(file, issues=[issue], unreadable=True)
+    return _validate_document(doc, file, task_types)
+
+
+def validate_data(data: Any, task_types: Mapping[str, TaskTypeInfo], source: str = "<parameters>") -> Result:
+    """Validate a task given as data (e.g. flow-run parameters edited in the Prefect UI)."""
+    doc = Document(data, Positions(), [], [])
+    _collect_strings(data, (), doc)
+    return _validate_document(doc, source, task_types)
+
+
+def _collect_strings(value: Any, loc: Loc, doc: Document) -> None:
+    if isinstance(value, dict):
+        for key, item in value.items():
+            doc.strings.append(((*loc, str(key)), str(key), True))
+            _collect_strings(item, (*loc, str(key)), doc)
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            _collect_strings(item, (*loc, index), doc)
+    elif isinstance(value, str):
+        doc.strings.append((loc, value, False))
+
+
+def load_task_data(data: Any) -> TrainingTask | InferenceTask:
+    """A task from data MLOC itself wrote (a job file): structure only, no registry needed."""
+    return _ADAPTER.validate_python(data)
+
+
+def _validate_document(doc: Document, file: str, task_types: Mapping[str, TaskTypeInfo]) -> Result:
     out = _Collector(file, doc)
     data = doc.data
     for loc in doc.duplicates:

@@ -9,9 +9,14 @@ from __future__ import annotations
 import json
 import sys
 from pathlib import Path
-from typing import Annotated
+from typing import TYPE_CHECKING, Annotated, Any
 
 import typer
+
+if TYPE_CHECKING:  # imported for real inside the commands that need them: start-up stays fast
+    from prefect.client.schemas.objects import State
+
+    from configs import InferenceTask, TrainingTask
 
 app = typer.Typer(
     name="mloc",
@@ -61,6 +66,80 @@ def validate(
     if invalid:
         typer.echo(f"{invalid} of {len(results)} file(s) invalid.")
     raise typer.Exit(code)
+
+
+def _load_or_exit(path: Path) -> TrainingTask | InferenceTask:
+    from configs import validate_file
+    from tasks.registry import TASK_TYPES
+
+    result = validate_file(path, TASK_TYPES)
+    if result.task is None:
+        typer.echo(f"FAIL  {result.file}: {len(result.issues)} error(s)", err=True)
+        for issue in result.issues:
+            typer.echo(f"  {issue.format()}", err=True)
+        raise typer.Exit(EXIT_UNREADABLE if result.unreadable else EXIT_INVALID)
+    return result.task
+
+
+@app.command()
+def run(
+    path: Annotated[Path, typer.Argument(help="The task.yaml to run.")],
+) -> None:
+    """Run a task now, in this process: against PREFECT_API_URL when it is set, else on an
+    embedded local Prefect server. Prints where the outputs went and a summary."""
+    import hashlib
+    import os
+
+    from tasks.registry import runnable
+
+    task = _load_or_exit(path)
+    if not runnable(task.spec.task_type):
+        typer.echo(f"taskType '{task.spec.task_type}' cannot be run by this MLOC version yet", err=True)
+        raise typer.Exit(EXIT_INVALID)
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # an embedded server stays offline
+    api = os.environ.get("PREFECT_API_URL")
+    typer.echo(f"mloc: running {task.metadata.name} on {api or 'an embedded local Prefect server'}")
+
+    import prefect
+
+    from flows.pipeline import pipeline, run_tags
+
+    execution = task.spec.execution
+    flow = pipeline.with_options(
+        retries=execution.retries,
+        retry_delay_seconds=execution.retry_delay_seconds,
+        timeout_seconds=execution.timeout_seconds,
+    )
+    digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    with prefect.tags(*run_tags(task)):
+        state = flow(task=task, base_dir=str(path.resolve().parent), task_yaml_sha256=digest, return_state=True)
+    _summary(state)
+    raise typer.Exit(0 if state.is_completed() else 1)
+
+
+def _summary(state: State[Any]) -> None:
+    typer.echo("")
+    typer.echo(f"run {state.state_details.flow_run_id}: {state.name}")
+    if not state.is_completed():
+        typer.echo(f"  {state.message}")
+        return
+    out = state.result()
+    metrics = out["metrics"]
+    typer.echo(f"  outputs:   {out['output']}")
+    typer.echo(f"  work dir:  {out['workdir']}")
+    for role, got in out["inputs"].items():
+        typer.echo(
+            f"  {role + ':':10} {got['identifier']} @ {got['revision'][:12]} ({got['downloaded_files']} file(s) downloaded)"
+        )
+    trained = out["training"]
+    typer.echo(f"  training:  {trained['global_step']} steps, train loss {trained['train_loss']}")
+    if "eval_loss" in metrics:
+        typer.echo(
+            f"  eval loss: {metrics.get('eval_loss_before', float('nan')):.4f} before -> {metrics['eval_loss']:.4f} after"
+        )
+        typer.echo(
+            f"  perplexity: {metrics.get('perplexity_before', float('nan')):.2f} before -> {metrics['perplexity']:.2f} after"
+        )
 
 
 @app.command()

@@ -22,3 +22,17 @@ MODULES: list[ModuleType] = [
 ]
 
 TASK_TYPES: dict[str, TaskTypeInfo] = {m.TASK_TYPE.name: m.TASK_TYPE for m in MODULES}
+
+
+def module_for(task_type: str) -> ModuleType:
+    """The pipeline module of a taskType; KeyError lists the valid ones."""
+    for module in MODULES:
+        if module.TASK_TYPE.name == task_type:
+            return module
+    raise KeyError(f"'{task_type}' is not a valid taskType among [{', '.join(TASK_TYPES)}]")
+
+
+def runnable(task_type: str) -> bool:
+    """Whether MLOC can run this taskType end to end yet."""
+    module = module_for(task_type)
+    return hasattr(module, "train") or hasattr(module, "infer")

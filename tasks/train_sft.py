@@ -7,7 +7,9 @@ on the completion only. `spec.hyperparameters` are fields of `trl.SFTConfig`.
 
 from __future__ import annotations
 
-from configs import TaskTypeInfo
+from typing import Any
+
+from configs import TaskTypeInfo, TrainingTask
 from tasks.trainer_fields import fields_file
 
 TASK_TYPE = TaskTypeInfo(
@@ -25,3 +27,32 @@ def trainer_config_class() -> type:
     from trl import SFTConfig
 
     return SFTConfig
+
+
+def train(task: TrainingTask, job: dict[str, Any]) -> None:
+    """Child side: fine-tune with TRL's SFTTrainer and save the result."""
+    from transformers import AutoModelForCausalLM
+    from trl import SFTConfig, SFTTrainer
+
+    from tasks.data import examples
+    from tasks.modeling import load_tokenizer, lora_config, quantization_config
+    from tasks.train import finish, trainer_arguments, trainer_callbacks
+
+    train_rows, _ = examples(task, job["dataset_path"], job["dataset_source_type"])
+    tokenizer = load_tokenizer(job["model_path"])
+    adapter = task.spec.model.adapter
+    quant = quantization_config(adapter)
+    model = AutoModelForCausalLM.from_pretrained(
+        job["model_path"], **({"quantization_config": quant, "device_map": "auto"} if quant else {})
+    )
+    trainer = SFTTrainer(
+        model=model,
+        args=SFTConfig(**trainer_arguments(task, job)),
+        train_dataset=train_rows,
+        processing_class=tokenizer,
+        peft_config=lora_config(adapter) if adapter else None,
+        callbacks=trainer_callbacks(),
+    )
+    print(f"training {len(train_rows)} examples, resuming from {job['resume_from'] or 'scratch'}", flush=True)
+    trainer.train(resume_from_checkpoint=job["resume_from"])
+    finish(trainer, tokenizer, task, job)

@@ -1,0 +1,52 @@
+"""Resolving the credential blocks a task.yaml names.
+
+- Hugging Face: a Prefect ``Secret`` block holding the token. Without a block, the
+  worker's own login (``HF_TOKEN`` or the huggingface_hub token file) applies.
+- S3: a prefect-aws ``AwsCredentials`` block (keys, region, and for S3-compatible stores
+  ``aws_client_parameters.endpoint_url``). Without a block, boto3's default chain
+  (environment, instance role, ``AWS_ENDPOINT_URL``) applies.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from mypy_boto3_s3 import S3Client
+
+
+class CredentialsError(RuntimeError):
+    """A named block is missing or of the wrong type."""
+
+
+def _load(block_type: Any, name: str, what: str) -> Any:
+    try:
+        return block_type.load(name)
+    except ValueError as exc:  # Prefect's "Unable to find block document named ..."
+        raise CredentialsError(
+            f"no {what} block named '{name}' — create it in the Prefect UI (Blocks) or with "
+            f"`{block_type.__name__}(...).save('{name}')`"
+        ) from exc
+
+
+def hf_token(block_name: str | None) -> str | None:
+    """The Hugging Face token of a Secret block, or None to use the worker's own login."""
+    if block_name is None:
+        return None
+    from prefect.blocks.system import Secret
+
+    value = _load(Secret, block_name, "Secret").get()
+    if not isinstance(value, str) or not value:
+        raise CredentialsError(f"Secret block '{block_name}' does not hold a token string")
+    return value
+
+
+def s3_client(block_name: str | None) -> S3Client:
+    """A boto3 S3 client from an AwsCredentials block, or from boto3's default chain."""
+    if block_name is None:
+        import boto3
+
+        return boto3.client("s3")
+    from prefect_aws import AwsCredentials
+
+    return _load(AwsCredentials, block_name, "AwsCredentials").get_s3_client()

@@ -1,0 +1,211 @@
+"""The pipeline flow: one generic, importable Prefect flow that runs any validated task.
+
+download → preflight → evaluate (before) → train → evaluate (after) → upload, each a
+Prefect task run with its logs; results are published as Prefect artifacts. The flow
+is named ``mloc``, so a deployment of a task is ``mloc/<metadata.name>``.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import shutil
+import time
+from datetime import UTC, datetime
+from pathlib import Path
+from typing import Any, Literal, cast
+from uuid import UUID
+
+from prefect import flow, get_run_logger, task
+from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.cache_policies import NO_CACHE
+
+from configs import TrainingTask, validate_data
+from configs.models import Task
+from flows import report
+from tasks import download, preflight, train, upload
+from tasks.registry import TASK_TYPES
+
+FLOW_NAME = "mloc"
+
+
+class QualityGateFailed(RuntimeError):
+    """A quality gate of spec.evaluation.gates was not met; nothing was uploaded."""
+
+
+def mloc_home() -> Path:
+    """MLOC's own state on a worker: downloads cache and run work dirs."""
+    return Path(os.environ.get("MLOC_HOME", Path.home() / ".mloc"))
+
+
+def run_tags(task_: TrainingTask | Any) -> list[str]:
+    """The tags every run carries; the usage report reads them."""
+    spec, gpu = task_.spec, task_.spec.resources.hardware.gpu
+    return [
+        f"owner:{task_.metadata.owner}",
+        f"project:{task_.metadata.project}",
+        f"task-type:{spec.task_type}",
+        f"gpu:{gpu.type or 'none'}",
+        f"gpu-count:{gpu.count}",
+        f"replicas:{spec.resources.replicas}",
+    ]
+
+
+def task_digest(task_: Any) -> str:
+    return hashlib.sha256(json.dumps(task_.model_dump(mode="json", by_alias=True), sort_keys=True).encode()).hexdigest()
+
+
+def _tag_this_run(tags: list[str]) -> None:
+    """Tag the flow run itself, so a run started from the UI with edited parameters is tagged right too."""
+    from prefect import get_client
+    from prefect.runtime import flow_run
+
+    with get_client(sync_client=True) as client:
+        client.update_flow_run(flow_run.id, tags=sorted(set(flow_run.tags) | set(tags)))
+
+
+# --- steps ------------------------------------------------------------------------------------
+
+
+@task(name="download", cache_policy=NO_CACHE)
+def download_step(task_: TrainingTask, base_dir: Path) -> dict[str, dict[str, Any]]:
+    logger = get_run_logger()
+    sources: dict[str, Any] = {"model": task_.spec.model.source, "dataset": task_.spec.dataset.source}
+    if task_.spec.reward_model is not None:
+        sources["reward_model"] = task_.spec.reward_model.source
+    fetched = {}
+    for role, source in sources.items():
+        kind: Literal["model", "dataset"] = "dataset" if role == "dataset" else "model"
+        got = download.fetch(source, kind=kind, base_dir=base_dir, cache_dir=mloc_home() / "cache")
+        logger.info(
+            "%s: %s at %s (%s), %d file(s) downloaded",
+            role,
+            got.identifier,
+            got.revision[:12],
+            got.content_hash[:19],
+            got.downloaded_files,
+        )
+        fetched[role] = got.to_dict()
+    return fetched
+
+
+@task(name="preflight", cache_policy=NO_CACHE)
+def preflight_step(task_: TrainingTask, inputs: dict[str, dict[str, Any]], base_dir: Path) -> None:
+    for note in preflight.preflight(task_, inputs, base_dir):
+        get_run_logger().info(note)
+
+
+@task(name="evaluate", task_run_name="evaluate-{label}", cache_policy=NO_CACHE)
+def evaluate_step(
+    task_: TrainingTask, inputs: dict[str, dict[str, Any]], workdir: Path, label: str, trained: dict[str, Any] | None
+) -> dict[str, Any]:
+    """Score the base model (trained=None) or the trained one: its adapter on the base, or its full weights."""
+    from tasks.child import run_child
+
+    logger = get_run_logger()
+    model_path, adapter_dir = inputs["model"]["path"], None
+    if trained is not None and task_.spec.model.adapter is not None:
+        adapter_dir = trained["final_dir"]
+    elif trained is not None:
+        model_path = trained["final_dir"]
+    job = {
+        "step": f"evaluate-{label}",
+        "label": label,
+        "task": task_.model_dump(mode="json", by_alias=True),
+        "model_path": model_path,
+        "dataset_path": inputs["dataset"]["path"],
+        "dataset_source_type": inputs["dataset"]["source_type"],
+        "adapter_dir": adapter_dir,
+        "result_path": str(workdir / f"eval-{label}.json"),
+    }
+    run_child(job, workdir, logger.info, lambda event: None)
+    return json.loads(Path(job["result_path"]).read_text())
+
+
+@task(name="train", cache_policy=NO_CACHE)
+def train_step(task_: TrainingTask, inputs: dict[str, dict[str, Any]], workdir: Path) -> dict[str, Any]:
+    logger = get_run_logger()
+    name = task_.metadata.name
+    artifact = cast(
+        UUID, create_progress_artifact(progress=0.0, key=f"{name}-progress", description=f"Training {name}")
+    )
+    last = {"at": 0.0, "shown": -1.0}
+
+    def on_event(event: dict[str, Any]) -> None:
+        if event["event"] != "progress" or not event.get("max_steps"):
+            return
+        percent = 100.0 * event["step"] / event["max_steps"]
+        # throttled: a step can take milliseconds, and every update is an API call
+        if percent >= 100.0 or (time.monotonic() - last["at"] > 2.0 and percent > last["shown"]):
+            update_progress_artifact(artifact, progress=percent)
+            last.update(at=time.monotonic(), shown=percent)
+
+    result = train.run_training(task_, inputs, workdir, logger.info, on_event)
+    update_progress_artifact(artifact, progress=100.0)
+    return result.to_dict()
+
+
+@task(name="upload", cache_policy=NO_CACHE)
+def upload_step(task_: TrainingTask, staging: Path, manifest: dict[str, Any], base_dir: Path) -> dict[str, Any]:
+    uploaded = upload.upload(task_.spec.output.destination, staging, manifest, base_dir=base_dir)
+    get_run_logger().info("uploaded %d file(s) to %s", len(uploaded.files), uploaded.uri)
+    return uploaded.to_dict()
+
+
+# --- the flow ---------------------------------------------------------------------------------
+
+
+@flow(name=FLOW_NAME, flow_run_name="{task.metadata.name}", log_prints=True)
+def pipeline(task: Task, base_dir: str = ".", task_yaml_sha256: str | None = None) -> dict[str, Any]:
+    """Run one MLOC task: download, preflight, evaluate, train, evaluate, upload."""
+    started = time.time()
+    checked = validate_data(task.model_dump(mode="json", by_alias=True), TASK_TYPES)
+    if not checked.valid or checked.task is None:
+        raise ValueError("the task is not valid:\n" + "\n".join(i.format() for i in checked.issues))
+    task_ = checked.task
+    if not isinstance(task_, TrainingTask):
+        raise NotImplementedError(
+            f"taskType '{task_.spec.task_type}' ({task_.kind}) cannot be run by this MLOC version yet"
+        )
+    _tag_this_run(run_tags(task_))
+    root = Path(base_dir).resolve()
+    inputs = download_step(task_, root)
+    preflight_step(task_, inputs, root)
+    # a fresh work dir whenever the task or its inputs change; a re-run of the same resumes
+    key = hashlib.sha256(
+        json.dumps([task_digest(task_), {r: i["content_hash"] for r, i in inputs.items()}]).encode()
+    ).hexdigest()[:16]
+    workdir = mloc_home() / "runs" / task_.metadata.name / key
+    evaluating = task_.spec.evaluation.enabled
+    before = evaluate_step(task_, inputs, workdir, "before", None) if evaluating else None
+    trained = train_step(task_, inputs, workdir)
+    after = evaluate_step(task_, inputs, workdir, "after", trained) if evaluating else None
+    metrics = report.metrics(before, after)
+    results = report.eval_results(task_, inputs, before, after, metrics)
+    report.publish(task_, results)
+    failed = report.failed_gates(task_, metrics)
+    if failed:
+        raise QualityGateFailed("quality gates not met, nothing uploaded: " + "; ".join(failed))
+    staging = workdir / "staging"
+    shutil.rmtree(staging, ignore_errors=True)
+    report.stage(task_, trained, results, workdir, staging)
+    manifest = report.manifest(
+        task_,
+        inputs,
+        trained,
+        metrics,
+        task_digest(task_),
+        task_yaml_sha256,
+        time.time() - started,
+        datetime.now(UTC).isoformat(),
+    )
+    uploaded = upload_step(task_, staging, manifest, root)
+    return {
+        "name": task_.metadata.name,
+        "output": uploaded["uri"],
+        "metrics": metrics,
+        "training": trained,
+        "inputs": inputs,
+        "workdir": str(workdir),
+    }

@@ -1,0 +1,179 @@
+"""What a run reports and publishes: metrics, quality gates, Prefect artifacts, the
+staged outputs and their manifest (lineage)."""
+
+from __future__ import annotations
+
+import json
+import shutil
+from pathlib import Path
+from typing import Any
+
+from configs import TrainingTask
+
+MLOC_VERSION = "0.1.0"
+
+
+def metrics(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, float]:
+    """Flat metrics the gates and the manifest use; eval_loss_reduction = before - after."""
+    out: dict[str, float] = {}
+    if after is not None:
+        out["eval_loss"] = after["eval_loss"]
+        out["perplexity"] = after["perplexity"]
+    if before is not None:
+        out["eval_loss_before"] = before["eval_loss"]
+        out["perplexity_before"] = before["perplexity"]
+    if before is not None and after is not None:
+        out["eval_loss_reduction"] = before["eval_loss"] - after["eval_loss"]
+    return out
+
+
+def failed_gates(task: TrainingTask, values: dict[str, float]) -> list[str]:
+    failures = []
+    for gate in task.spec.evaluation.gates:
+        value = values.get(gate.metric)
+        if value is None:
+            failures.append(f"{gate.metric} was not measured")
+        elif gate.min is not None and value < gate.min:
+            failures.append(f"{gate.metric} = {value:.4g} is below the minimum {gate.min:g}")
+        elif gate.max is not None and value > gate.max:
+            failures.append(f"{gate.metric} = {value:.4g} is above the maximum {gate.max:g}")
+    return failures
+
+
+def eval_results(
+    task: TrainingTask,
+    inputs: dict[str, dict[str, Any]],
+    before: dict[str, Any] | None,
+    after: dict[str, Any] | None,
+    values: dict[str, float],
+) -> dict[str, Any]:
+    """The eval_results artifact: same shape whichever backend produced it."""
+    return {
+        "task": task.metadata.name,
+        "model": {"identifier": inputs["model"]["identifier"], "revision": inputs["model"]["revision"]},
+        "dataset": {"identifier": inputs["dataset"]["identifier"], "revision": inputs["dataset"]["revision"]},
+        "metrics": values,
+        "before": before,
+        "after": after,
+        "gates": [g.model_dump() for g in task.spec.evaluation.gates],
+        "failed_gates": failed_gates(task, values),
+    }
+
+
+def _markdown(task: TrainingTask, results: dict[str, Any]) -> str:
+    lines = [
+        f"# {task.metadata.name}",
+        "",
+        f"- model: `{results['model']['identifier']}` at `{results['model']['revision'][:12]}`",
+        f"- dataset: `{results['dataset']['identifier']}` at `{results['dataset']['revision'][:12]}`",
+        f"- taskType: `{task.spec.task_type}`, owner `{task.metadata.owner}`, project `{task.metadata.project}`",
+        "",
+        "| metric | before | after |",
+        "|---|---|---|",
+    ]
+    before, after = results["before"] or {}, results["after"] or {}
+    for name in ("eval_loss", "perplexity"):
+        lines.append(f"| {name} | {before.get(name, float('nan')):.4f} | {after.get(name, float('nan')):.4f} |")
+    if results["failed_gates"]:
+        lines += ["", "**Quality gates failed:** " + "; ".join(results["failed_gates"])]
+    generations = after.get("generations") or []
+    if generations:
+        lines += ["", "## Generations (held-out prompts)", "", "| prompt | reference | output |", "|---|---|---|"]
+        lines += [f"| {_cell(g['prompt'])} | {_cell(g['reference'])} | {_cell(g['output'])} |" for g in generations]
+    return "\n".join(lines) + "\n"
+
+
+def _cell(text: str) -> str:
+    return text.replace("|", "\\|").replace("\n", " ").strip()[:200]
+
+
+def publish(task: TrainingTask, results: dict[str, Any]) -> None:
+    """Prefect artifacts: a table of metrics and a markdown report."""
+    from prefect.artifacts import create_markdown_artifact, create_table_artifact
+
+    before, after = results["before"] or {}, results["after"] or {}
+    rows = [
+        {"metric": name, "before": before.get(name), "after": after.get(name)} for name in ("eval_loss", "perplexity")
+    ]
+    name = task.metadata.name
+    create_table_artifact(rows, key=f"{name}-eval", description=f"Held-out evaluation of {name}")
+    create_markdown_artifact(_markdown(task, results), key=f"{name}-report", description=f"Run report of {name}")
+
+
+def stage(task: TrainingTask, trained: dict[str, Any], results: dict[str, Any], workdir: Path, staging: Path) -> None:
+    """Copy exactly the artifacts spec.output.artifacts lists into ``staging``."""
+    staging.mkdir(parents=True)
+    wanted = task.spec.output.artifacts
+    if "adapter_weights" in wanted:
+        shutil.copytree(trained["final_dir"], staging / "adapter")
+    if "full_model" in wanted:
+        shutil.copytree(trained["merged_dir"] or trained["final_dir"], staging / "model")
+    if "training_logs" in wanted:
+        (staging / "logs").mkdir()
+        for log in ("train.log", "evaluate-before.log", "evaluate-after.log"):
+            if (workdir / log).is_file():
+                shutil.copy2(workdir / log, staging / "logs" / log)
+        shutil.copy2(trained["state_file"], staging / "logs" / "trainer_state.json")
+    if "eval_results" in wanted:
+        (staging / "eval").mkdir()
+        (staging / "eval" / "eval.json").write_text(json.dumps(results, indent=1))
+    (staging / "README.md").write_text(_model_card(task, results))
+
+
+def _model_card(task: TrainingTask, results: dict[str, Any]) -> str:
+    base = task.spec.model.source
+    identifier = getattr(base, "identifier", None) or getattr(base, "path", "")
+    header = ["---", "library_name: peft" if task.spec.model.adapter else "library_name: transformers"]
+    if getattr(base, "type", "") == "huggingface":
+        header.append(f"base_model: {identifier}")
+    header += ["tags: [mloc, " + task.spec.task_type + "]", "---", ""]
+    return "\n".join(header) + _markdown(task, results)
+
+
+def manifest(
+    task: TrainingTask,
+    inputs: dict[str, dict[str, Any]],
+    trained: dict[str, Any],
+    values: dict[str, float],
+    task_sha256: str,
+    task_yaml_sha256: str | None,
+    duration_s: float,
+    finished_at: str,
+) -> dict[str, Any]:
+    """Lineage of the uploaded result: what it was made from, how, and how good it is."""
+    from prefect.runtime import flow_run
+
+    gpu = task.spec.resources.hardware.gpu
+
+    def lineage(role: str) -> dict[str, Any] | None:
+        got = inputs.get(role)
+        if got is None:
+            return None
+        return {k: got[k] for k in ("source_type", "identifier", "revision", "content_hash")}
+
+    return {
+        "mloc_version": MLOC_VERSION,
+        "task": {
+            "name": task.metadata.name,
+            "owner": task.metadata.owner,
+            "project": task.metadata.project,
+            "task_type": task.spec.task_type,
+        },
+        "task_sha256": task_sha256,
+        "task_yaml_sha256": task_yaml_sha256,
+        "flow_run_id": str(flow_run.id) if flow_run.id else None,
+        "base_model": lineage("model"),
+        "dataset": lineage("dataset"),
+        "reward_model": lineage("reward_model"),
+        "metrics": values,
+        "training": {
+            "global_step": trained["global_step"],
+            "train_loss": trained["train_loss"],
+            "runtime_s": trained["runtime_s"],
+            "resumed_from": trained["resumed_from"],
+        },
+        "duration_s": round(duration_s, 3),
+        "finished_at": finished_at,
+        "hardware": {"gpu_type": gpu.type, "gpu_count": gpu.count, "replicas": task.spec.resources.replicas},
+        "artifacts": list(task.spec.output.artifacts),
+    }

@@ -1,0 +1,119 @@
+"""Running a heavy step (training, evaluation) in a child process.
+
+A child process means: cancelling or timing out a run kills the work for sure, GPU
+memory is given back when it exits, and a multi-GPU launcher can take its place later.
+The child prints its log lines; lines starting with ``EVENT`` carry JSON events
+(progress, metrics) that the parent turns into Prefect artifacts.
+
+Parent side: :func:`run_child`. Child side: ``python -m tasks.child JOB.json``.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+EVENT = "@@mloc-event "
+
+
+class ChildError(RuntimeError):
+    """The child process failed; the message carries the end of its log."""
+
+
+def emit(event: str, **payload: Any) -> None:
+    """Child side: send an event to the parent."""
+    print(EVENT + json.dumps({"event": event, **payload}), flush=True)
+
+
+def run_child(
+    job: dict[str, Any],
+    workdir: Path,
+    on_line: Callable[[str], None],
+    on_event: Callable[[dict[str, Any]], None],
+) -> None:
+    """Run ``job`` in a child process, streaming its lines; raises ChildError if it fails.
+
+    The child's PID is written to ``<workdir>/<step>.pid`` while it runs, and its whole
+    output to ``<workdir>/<step>.log``.
+    """
+    step = job["step"]
+    workdir.mkdir(parents=True, exist_ok=True)
+    job_path = workdir / f"{step}-job.json"
+    job_path.write_text(json.dumps(job, indent=1))
+    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "tasks.child", str(job_path)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.STDOUT,
+        text=True,
+        bufsize=1,
+        env=env,
+        start_new_session=True,  # its own process group: stopping it stops what it started too
+    )
+    pid_file = workdir / f"{step}.pid"
+    pid_file.write_text(str(proc.pid))
+    tail: list[str] = []
+    try:
+        with open(workdir / f"{step}.log", "a") as log:
+            assert proc.stdout is not None
+            for raw in proc.stdout:
+                line = raw.rstrip("\n")
+                if line.startswith(EVENT):
+                    on_event(json.loads(line[len(EVENT) :]))
+                    continue
+                log.write(line + "\n")
+                log.flush()
+                tail = [*tail[-40:], line]
+                on_line(line)
+        code = proc.wait()
+    finally:
+        _stop(proc)
+        pid_file.unlink(missing_ok=True)
+    if code != 0:
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        raise ChildError(f"the {step} process {how}; its last lines:\n" + "\n".join(tail[-15:]))
+
+
+def _stop(proc: subprocess.Popen[str]) -> None:
+    if proc.poll() is not None:
+        return
+    try:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=20)
+    except subprocess.TimeoutExpired:
+        os.killpg(proc.pid, signal.SIGKILL)
+        proc.wait()
+    except ProcessLookupError:
+        pass
+
+
+def main(argv: list[str]) -> int:
+    """Child side: load the job and run its step."""
+    from configs import TrainingTask
+    from configs.validate import load_task_data
+
+    job = json.loads(Path(argv[0]).read_text())
+    task = load_task_data(job["task"])
+    if not isinstance(task, TrainingTask):
+        raise TypeError(f"{task.kind} tasks have no {job['step']} step")
+    if job["step"] == "train":
+        from tasks.registry import module_for
+
+        module_for(task.spec.task_type).train(task, job)
+    elif job["step"].startswith("evaluate"):
+        from tasks.evaluate import evaluate_in_child
+
+        evaluate_in_child(task, job)
+    else:
+        raise ValueError(f"unknown step {job['step']!r}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))

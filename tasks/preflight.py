@@ -1,0 +1,113 @@
+"""Checks that run after download and before any training, in seconds.
+
+Each finds a mistake that would otherwise surface minutes (or GPU-hours) later:
+template columns missing from the dataset, LoRA target modules missing from the model,
+QLoRA on a worker without CUDA, an output destination that cannot be written.
+All problems are collected and reported together.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from configs.checks import template_fields
+
+if TYPE_CHECKING:
+    from configs import TrainingTask
+
+
+class PreflightError(RuntimeError):
+    def __init__(self, problems: list[str]) -> None:
+        self.problems = problems
+        super().__init__("preflight found problems:\n" + "\n".join(f"  - {p}" for p in problems))
+
+
+def weight_names(model_dir: Path) -> list[str] | None:
+    """Parameter names from the safetensors headers, read without loading a tensor (or torch)."""
+    index = model_dir / "model.safetensors.index.json"
+    if index.is_file():
+        return sorted(json.loads(index.read_text())["weight_map"])
+    names: list[str] = []
+    files = sorted(model_dir.glob("*.safetensors"))
+    for file in files:
+        with open(file, "rb") as handle:
+            (length,) = struct.unpack("<Q", handle.read(8))
+            names += [k for k in json.loads(handle.read(length)) if k != "__metadata__"]
+    return sorted(names) if files else None
+
+
+def missing_target_modules(targets: list[str], names: list[str]) -> list[str]:
+    """Targets that name no module; PEFT matches a target against the end of a module's name."""
+    modules = {n.rsplit(".", 1)[0] for n in names}
+    return [t for t in targets if not any(m == t or m.endswith("." + t) for m in modules)]
+
+
+def check_columns(task: TrainingTask, columns: list[str]) -> list[str]:
+    prep = task.spec.dataset.preprocessing
+    problems = []
+    for name, template in (
+        ("prompt_template", prep.prompt_template),
+        ("completion_template", prep.completion_template),
+    ):
+        if template is None:
+            continue
+        missing = [f for f in template_fields(template) if f not in columns]
+        if missing:
+            problems.append(
+                f"spec.dataset.preprocessing.{name} uses {', '.join('{' + m + '}' for m in missing)}, "
+                f"but the dataset's columns are: {', '.join(columns)}"
+            )
+    return problems
+
+
+def preflight(task: TrainingTask, inputs: dict[str, dict[str, Any]], base_dir: Path) -> list[str]:
+    """Raises PreflightError listing every problem; returns notes on what was checked."""
+    from tasks.data import DataError, load_rows
+    from tasks.modeling import HardwareError, quantization_config
+    from tasks.registry import module_for
+    from tasks.upload import UploadError, check_writable
+
+    problems: list[str] = []
+    notes: list[str] = []
+    if not hasattr(module_for(task.spec.task_type), "train"):
+        problems.append(f"taskType '{task.spec.task_type}' cannot be run by this MLOC version yet")
+    source = task.spec.dataset.source
+    try:
+        rows = load_rows(
+            inputs["dataset"]["path"],
+            inputs["dataset"]["source_type"],
+            getattr(source, "split", "train"),
+            getattr(source, "subset", None),
+        )
+        problems += check_columns(task, rows.column_names)
+        notes.append(f"dataset: {len(rows)} rows, columns {', '.join(rows.column_names)}")
+    except (DataError, ValueError, FileNotFoundError) as exc:
+        problems.append(f"the dataset cannot be read: {exc}")
+    adapter = task.spec.model.adapter
+    if adapter is not None and adapter.target_modules != "all-linear":
+        names = weight_names(Path(inputs["model"]["path"]))
+        if names is None:
+            notes.append("target_modules not checked: the model has no safetensors weights")
+        else:
+            missing = missing_target_modules(list(adapter.target_modules), names)
+            if missing:
+                linear = sorted({n.rsplit(".", 2)[-2] for n in names if n.endswith(".weight") and ".layers." in n})
+                problems.append(
+                    f"spec.model.adapter.target_modules: {', '.join(missing)} not found in the model — "
+                    f"its layers have: {', '.join(linear[:20])}, or use 'all-linear'"
+                )
+    try:
+        quantization_config(adapter)
+    except HardwareError as exc:
+        problems.append(str(exc))
+    try:
+        check_writable(task.spec.output.destination, base_dir=base_dir)
+        notes.append("output destination is writable")
+    except UploadError as exc:
+        problems.append(str(exc))
+    if problems:
+        raise PreflightError(problems)
+    return notes

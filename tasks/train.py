@@ -1,0 +1,159 @@
+"""Training, common to every trainer: the child-process job, checkpoints and resuming.
+
+Parent side: :func:`run_training` starts the child and resumes from the last complete
+checkpoint when one exists. Child side: a taskType module's ``train(task, job)``
+builds its TRL trainer with :func:`trainer_callbacks` and ends with :func:`finish`.
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Callable
+from dataclasses import asdict, dataclass
+from pathlib import Path
+from typing import TYPE_CHECKING, Any
+
+from tasks.child import emit, run_child
+
+if TYPE_CHECKING:
+    from configs import TrainingTask
+
+_CHECKPOINT = re.compile(r"^checkpoint-(\d+)$")
+# Files a checkpoint directory has once the trainer finished writing it.
+_WEIGHTS = ("adapter_model.safetensors", "model.safetensors", "model.safetensors.index.json", "pytorch_model.bin")
+
+
+@dataclass
+class TrainResult:
+    global_step: int
+    max_steps: int
+    train_loss: float | None
+    runtime_s: float
+    resumed_from: str | None
+    final_dir: str  # the adapter (or the full model, without an adapter)
+    merged_dir: str | None  # the adapter merged into the base model, when full_model is asked for
+    state_file: str  # trainer_state.json: the log history
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def output_dir(task: TrainingTask, workdir: Path) -> Path:
+    """Where checkpoints go: hyperparameters.output_dir if given, else the run's work dir."""
+    given = task.spec.hyperparameters.get("output_dir")
+    return Path(given) if given else workdir / "train"
+
+
+def last_checkpoint(directory: Path) -> Path | None:
+    """The newest checkpoint the trainer finished writing; a half-written one is skipped."""
+    if not directory.is_dir():
+        return None
+    found = []
+    for child in directory.iterdir():
+        match = _CHECKPOINT.match(child.name)
+        complete = (child / "trainer_state.json").is_file() and any((child / w).is_file() for w in _WEIGHTS)
+        if match and child.is_dir() and complete:
+            found.append((int(match.group(1)), child))
+    return max(found)[1] if found else None
+
+
+def run_training(
+    task: TrainingTask,
+    inputs: dict[str, dict[str, Any]],
+    workdir: Path,
+    on_line: Callable[[str], None],
+    on_event: Callable[[dict[str, Any]], None],
+) -> TrainResult:
+    """Train in a child process, resuming from the last complete checkpoint."""
+    out = output_dir(task, workdir)
+    resume = last_checkpoint(out)
+    if resume is not None:
+        on_line(f"resuming from {resume.name}")
+    job = {
+        "step": "train",
+        "task": task.model_dump(mode="json", by_alias=True),
+        "model_path": inputs["model"]["path"],
+        "dataset_path": inputs["dataset"]["path"],
+        "dataset_source_type": inputs["dataset"]["source_type"],
+        "reward_model_path": inputs.get("reward_model", {}).get("path"),
+        "output_dir": str(out),
+        "resume_from": str(resume) if resume else None,
+        "result_path": str(workdir / "train-result.json"),
+    }
+    run_child(job, workdir, on_line, on_event)
+    return TrainResult(**json.loads(Path(job["result_path"]).read_text()))
+
+
+# --- child side -------------------------------------------------------------------------------
+
+
+def trainer_arguments(task: TrainingTask, job: dict[str, Any]) -> dict[str, Any]:
+    """spec.hyperparameters, plus what MLOC sets from the rest of the task."""
+    from tasks.modeling import cuda_available
+
+    return {
+        **task.spec.hyperparameters,
+        "output_dir": job["output_dir"],
+        "max_length": task.spec.dataset.preprocessing.max_seq_length,
+        "disable_tqdm": True,  # progress goes to Prefect as events, not as terminal bars
+        "use_cpu": not cuda_available(),
+    }
+
+
+def trainer_callbacks() -> list[Any]:
+    """Callbacks that report progress, metrics and checkpoints to the parent."""
+    from transformers import TrainerCallback
+
+    class Report(TrainerCallback):
+        def on_train_begin(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            emit("progress", step=state.global_step, max_steps=state.max_steps)
+
+        def on_step_end(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            emit("progress", step=state.global_step, max_steps=state.max_steps)
+
+        def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
+            if logs:
+                shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items())
+                print(f"step {state.global_step}/{state.max_steps}: {shown}", flush=True)
+
+        def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
+            print(f"checkpoint saved at step {state.global_step}", flush=True)
+
+    return [Report()]
+
+
+def finish(trainer: Any, tokenizer: Any, task: TrainingTask, job: dict[str, Any]) -> None:
+    """Save the final weights (and the merged model if asked for) and the result file."""
+    out = Path(job["output_dir"])
+    final_dir = out / "final"
+    trainer.save_model(str(final_dir))
+    tokenizer.save_pretrained(str(final_dir))
+    state_file = out / "trainer_state.json"
+    trainer.state.save_to_json(str(state_file))
+    merged_dir = None
+    if task.spec.model.adapter is not None and "full_model" in task.spec.output.artifacts:
+        merged_dir = out / "merged"
+        merge_adapter(job["model_path"], str(final_dir), str(merged_dir))
+        tokenizer.save_pretrained(str(merged_dir))
+    losses = [h["train_loss"] for h in trainer.state.log_history if "train_loss" in h]
+    result = TrainResult(
+        global_step=trainer.state.global_step,
+        max_steps=trainer.state.max_steps,
+        train_loss=losses[-1] if losses else None,
+        runtime_s=sum(h.get("train_runtime", 0.0) for h in trainer.state.log_history),
+        resumed_from=job.get("resume_from"),
+        final_dir=str(final_dir),
+        merged_dir=str(merged_dir) if merged_dir else None,
+        state_file=str(state_file),
+    )
+    Path(job["result_path"]).write_text(json.dumps(result.to_dict(), indent=1))
+
+
+def merge_adapter(base_path: str, adapter_dir: str, target: str) -> None:
+    """The adapter folded into an unquantised copy of the base model (merging into 4 bits would lose it)."""
+    from peft import PeftModel
+    from transformers import AutoModelForCausalLM
+
+    base = AutoModelForCausalLM.from_pretrained(base_path, dtype="auto")
+    PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().save_pretrained(target)
