@@ -97,6 +97,8 @@ def run(
         typer.echo(f"taskType '{task.spec.task_type}' cannot be run by this MLOC version yet", err=True)
         raise typer.Exit(EXIT_INVALID)
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # an embedded server stays offline
+    # its first start migrates a new database, which takes longer than Prefect's 20 s default on a busy laptop
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
     api = os.environ.get("PREFECT_API_URL")
     typer.echo(f"mloc: running {task.metadata.name} on {api or 'an embedded local Prefect server'}")
 

@@ -2,7 +2,7 @@
 
 Parent side: :func:`run_training` starts the child and resumes from the last complete
 checkpoint when one exists. Child side: a taskType module's ``train(task, job)``
-builds its TRL trainer with :func:`trainer_callbacks` and ends with :func:`finish`.
+builds its TRL trainer, hands it to :func:`report_to_parent` and ends with :func:`finish`.
 """
 
 from __future__ import annotations
@@ -101,8 +101,16 @@ def trainer_arguments(task: TrainingTask, job: dict[str, Any]) -> dict[str, Any]
     }
 
 
-def trainer_callbacks() -> list[Any]:
-    """Callbacks that report progress, metrics and checkpoints to the parent."""
+def report_to_parent(trainer: Any) -> None:
+    """Replace the trainer's console printing with lines and events for the parent."""
+    from transformers import PrinterCallback
+
+    trainer.remove_callback(PrinterCallback)  # it prints the same metrics as raw dicts
+    for callback in _callbacks():
+        trainer.add_callback(callback)
+
+
+def _callbacks() -> list[Any]:
     from transformers import TrainerCallback
 
     class Report(TrainerCallback):

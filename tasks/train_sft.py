@@ -36,7 +36,7 @@ def train(task: TrainingTask, job: dict[str, Any]) -> None:
 
     from tasks.data import examples
     from tasks.modeling import load_tokenizer, lora_config, quantization_config
-    from tasks.train import finish, trainer_arguments, trainer_callbacks
+    from tasks.train import finish, report_to_parent, trainer_arguments
 
     train_rows, _ = examples(task, job["dataset_path"], job["dataset_source_type"])
     tokenizer = load_tokenizer(job["model_path"])
@@ -51,8 +51,8 @@ def train(task: TrainingTask, job: dict[str, Any]) -> None:
         train_dataset=train_rows,
         processing_class=tokenizer,
         peft_config=lora_config(adapter) if adapter else None,
-        callbacks=trainer_callbacks(),
     )
+    report_to_parent(trainer)
     print(f"training {len(train_rows)} examples, resuming from {job['resume_from'] or 'scratch'}", flush=True)
     trainer.train(resume_from_checkpoint=job["resume_from"])
     finish(trainer, tokenizer, task, job)

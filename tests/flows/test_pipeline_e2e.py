@@ -1,0 +1,137 @@
+"""The whole pipeline on a real Prefect server: the quickstart trains for real on the CPU.
+
+Nothing is mocked: a real Prefect API (Prefect's test harness), real TRL/PEFT training
+of the shipped tiny model, and for S3 a real S3 endpoint (moto's server).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from configs import TrainingTask, validate_text
+from tasks.registry import TASK_TYPES
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "configs"
+
+
+def quickstart(edit: dict[str, Any] | None = None) -> TrainingTask:
+    """The quickstart task, with parts of its spec replaced."""
+    data = yaml.safe_load((CONFIGS / "quickstart.yaml").read_text())
+    for dotted, value in (edit or {}).items():
+        *parents, last = dotted.split(".")
+        node = data
+        for part in parents:
+            node = node[part]
+        node[last] = value
+    result = validate_text(yaml.safe_dump(data), "quickstart.yaml", TASK_TYPES)
+    assert result.task is not None, [i.format() for i in result.issues]
+    assert isinstance(result.task, TrainingTask)
+    return result.task
+
+
+def run(task: TrainingTask) -> Any:
+    from flows.pipeline import pipeline
+
+    return pipeline(task=task, base_dir=str(CONFIGS), return_state=True)
+
+
+def read_flow_run(flow_run_id: Any) -> tuple[Any, list[Any], list[Any]]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterFlowRunId, FlowRunFilter, FlowRunFilterId
+
+    with get_client(sync_client=True) as client:
+        flow_run = client.read_flow_run(flow_run_id)
+        task_runs = client.read_task_runs(flow_run_filter=FlowRunFilter(id=FlowRunFilterId(any_=[flow_run_id])))
+        artifacts = client.read_artifacts(
+            artifact_filter=ArtifactFilter(flow_run_id=ArtifactFilterFlowRunId(any_=[flow_run_id]))
+        )
+    return flow_run, task_runs, artifacts
+
+
+def test_quickstart_end_to_end(prefect_server: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    from safetensors.numpy import load_file
+
+    monkeypatch.setenv("MLOC_HOME", str(tmp_path / "home"))
+    out = tmp_path / "published"
+    task = quickstart({"spec.output.destination": {"type": "local", "path": str(out)}})
+    state = run(task)
+    assert state.is_completed(), state.message
+    result = state.result()
+
+    flow_run, task_runs, artifacts = read_flow_run(state.state_details.flow_run_id)
+    assert flow_run.name == "quickstart-tiny-sft"
+    assert {"owner:quickstart", "project:mloc-quickstart", "task-type:sft", "gpu:none", "gpu-count:0",
+            "replicas:1"} <= set(flow_run.tags)
+    names = {r.name for r in task_runs}
+    assert {"download", "preflight", "evaluate-before", "train", "evaluate-after", "upload"} <= {
+        n.rsplit("-", 1)[0] if n.rsplit("-", 1)[-1].isdigit() else n for n in names
+    }, names
+    assert all(r.state.is_completed() for r in task_runs)
+    keys = {a.key for a in artifacts}
+    assert {"quickstart-tiny-sft-progress", "quickstart-tiny-sft-eval", "quickstart-tiny-sft-report"} <= keys
+
+    # eval loss clearly drops
+    metrics = result["metrics"]
+    assert metrics["eval_loss"] < 0.8 * metrics["eval_loss_before"], metrics
+
+    # the upload holds what output.artifacts lists, and the manifest
+    manifest = json.loads((out / "mloc-manifest.json").read_text())
+    listed = {f["path"] for f in manifest["files"]}
+    assert {"adapter/adapter_model.safetensors", "adapter/adapter_config.json", "eval/eval.json",
+            "logs/trainer_state.json", "logs/train.log", "README.md"} <= listed
+    assert not any(p.startswith("model/") for p in listed), "full_model was not asked for"
+    assert manifest["base_model"]["content_hash"].startswith("sha256:")
+    assert manifest["dataset"]["identifier"].endswith("qa.jsonl")
+    assert manifest["metrics"]["eval_loss"] == pytest.approx(metrics["eval_loss"])
+    assert manifest["training"]["global_step"] == task.spec.hyperparameters["max_steps"]
+
+    # trained weights differ from the initial ones: LoRA starts its B matrices at zero
+    weights = load_file(str(out / "adapter" / "adapter_model.safetensors"))
+    lora_b = [w for name, w in weights.items() if "lora_B" in name]
+    assert lora_b and all(abs(w).max() > 0 for w in lora_b)
+
+
+def test_s3_inputs_and_outputs_and_a_second_run_downloads_nothing(
+    prefect_server: None, s3_env: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    import boto3
+
+    monkeypatch.setenv("MLOC_HOME", str(tmp_path / "home"))
+    s3 = boto3.client("s3")
+    s3.create_bucket(Bucket="e2e-inputs")
+    s3.create_bucket(Bucket="e2e-models")
+    for file in sorted((CONFIGS / "quickstart" / "tiny-model").iterdir()):
+        s3.upload_file(str(file), "e2e-inputs", f"models/tiny/{file.name}")
+    s3.upload_file(str(CONFIGS / "quickstart" / "qa.jsonl"), "e2e-inputs", "data/qa.jsonl")
+    task = quickstart({
+        "spec.model.source": {"type": "s3", "bucket": "e2e-inputs", "path": "models/tiny"},
+        "spec.dataset.source": {"type": "s3", "bucket": "e2e-inputs", "path": "data/qa.jsonl"},
+        "spec.hyperparameters.max_steps": 4,
+        "spec.evaluation": {"enabled": False},
+        "spec.output.destination": {"type": "s3", "bucket": "e2e-models", "path": "runs/tiny-sft"},
+        "spec.output.artifacts": ["adapter_weights", "training_logs"],
+    })
+    first = run(task)
+    assert first.is_completed(), first.message
+    inputs = first.result()["inputs"]
+    assert inputs["model"]["downloaded_files"] > 0 and inputs["dataset"]["downloaded_files"] == 1
+
+    keys = {o["Key"] for o in s3.list_objects_v2(Bucket="e2e-models", Prefix="runs/tiny-sft/")["Contents"]}
+    assert "runs/tiny-sft/mloc-manifest.json" in keys
+    assert "runs/tiny-sft/adapter/adapter_model.safetensors" in keys
+    manifest = json.loads(s3.get_object(Bucket="e2e-models", Key="runs/tiny-sft/mloc-manifest.json")["Body"].read())
+    assert {f"runs/tiny-sft/{f['path']}" for f in manifest["files"]} | {"runs/tiny-sft/mloc-manifest.json"} == keys
+
+    second = run(task)
+    assert second.is_completed(), second.message
+    again = second.result()["inputs"]
+    assert again["model"]["downloaded_files"] == 0 and again["dataset"]["downloaded_files"] == 0
+    assert again["model"]["revision"] == inputs["model"]["revision"]

@@ -1,0 +1,64 @@
+"""Killing the training child mid-run, then running again, resumes from the last checkpoint."""
+
+from __future__ import annotations
+
+import os
+import signal
+from pathlib import Path
+from typing import Any
+
+import pytest
+import yaml
+
+from configs import TrainingTask, validate_text
+from tasks.child import ChildError
+from tasks.registry import TASK_TYPES
+from tasks.train import last_checkpoint, run_training
+
+pytestmark = pytest.mark.slow
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+
+
+def small_task() -> TrainingTask:
+    data = yaml.safe_load((CONFIGS / "quickstart.yaml").read_text())
+    data["spec"]["hyperparameters"].update(max_steps=30, save_steps=10, logging_steps=5)
+    result = validate_text(yaml.safe_dump(data), "quickstart.yaml", TASK_TYPES)
+    assert isinstance(result.task, TrainingTask)
+    return result.task
+
+
+def test_killed_training_resumes_from_last_checkpoint(tmp_path: Path) -> None:
+    task = small_task()
+    inputs = {
+        "model": {"path": str(CONFIGS / "quickstart" / "tiny-model")},
+        "dataset": {"path": str(CONFIGS / "quickstart" / "qa.jsonl"), "source_type": "local"},
+    }
+    lines: list[str] = []
+
+    def kill_after_first_checkpoint(event: dict[str, Any]) -> None:
+        if event["event"] == "progress" and event["step"] >= 15:
+            pid = int((tmp_path / "train.pid").read_text())
+            os.killpg(pid, signal.SIGKILL)  # as a node loss or OOM kill would: no chance to clean up
+
+    with pytest.raises(ChildError, match="killed by signal 9"):
+        run_training(task, inputs, tmp_path, lines.append, kill_after_first_checkpoint)
+    assert any("checkpoint saved at step 10" in line for line in lines)
+    checkpoint = last_checkpoint(tmp_path / "train")
+    assert checkpoint is not None and checkpoint.name == "checkpoint-10"
+
+    lines.clear()
+    result = run_training(task, inputs, tmp_path, lines.append, lambda event: None)
+    assert "resuming from checkpoint-10" in lines
+    assert result.resumed_from is not None and result.resumed_from.endswith("checkpoint-10")
+    assert result.global_step == result.max_steps == 30
+
+
+def test_a_half_written_checkpoint_is_not_resumed_from(tmp_path: Path) -> None:
+    complete = tmp_path / "checkpoint-10"
+    complete.mkdir()
+    (complete / "trainer_state.json").write_text("{}")
+    (complete / "adapter_model.safetensors").write_bytes(b"x")
+    (tmp_path / "checkpoint-20").mkdir()  # killed while writing: no trainer state yet
+    (tmp_path / "checkpoint-20" / "adapter_model.safetensors").write_bytes(b"x")
+    assert last_checkpoint(tmp_path) == complete
