@@ -68,7 +68,7 @@ def _tag_this_run(tags: list[str]) -> None:
 # --- steps ------------------------------------------------------------------------------------
 
 
-@task(name="download", cache_policy=NO_CACHE)
+@task(name="download", task_run_name="download", cache_policy=NO_CACHE)
 def download_step(task_: TrainingTask, base_dir: Path) -> dict[str, dict[str, Any]]:
     logger = get_run_logger()
     sources: dict[str, Any] = {"model": task_.spec.model.source, "dataset": task_.spec.dataset.source}
@@ -90,7 +90,7 @@ def download_step(task_: TrainingTask, base_dir: Path) -> dict[str, dict[str, An
     return fetched
 
 
-@task(name="preflight", cache_policy=NO_CACHE)
+@task(name="preflight", task_run_name="preflight", cache_policy=NO_CACHE)
 def preflight_step(task_: TrainingTask, inputs: dict[str, dict[str, Any]], base_dir: Path) -> None:
     for note in preflight.preflight(task_, inputs, base_dir):
         get_run_logger().info(note)
@@ -123,7 +123,7 @@ def evaluate_step(
     return json.loads(Path(job["result_path"]).read_text())
 
 
-@task(name="train", cache_policy=NO_CACHE)
+@task(name="train", task_run_name="train", cache_policy=NO_CACHE)
 def train_step(task_: TrainingTask, inputs: dict[str, dict[str, Any]], workdir: Path) -> dict[str, Any]:
     logger = get_run_logger()
     name = task_.metadata.name
@@ -146,7 +146,7 @@ def train_step(task_: TrainingTask, inputs: dict[str, dict[str, Any]], workdir: 
     return result.to_dict()
 
 
-@task(name="upload", cache_policy=NO_CACHE)
+@task(name="upload", task_run_name="upload", cache_policy=NO_CACHE)
 def upload_step(task_: TrainingTask, staging: Path, manifest: dict[str, Any], base_dir: Path) -> dict[str, Any]:
     uploaded = upload.upload(task_.spec.output.destination, staging, manifest, base_dir=base_dir)
     get_run_logger().info("uploaded %d file(s) to %s", len(uploaded.files), uploaded.uri)

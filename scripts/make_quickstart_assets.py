@@ -8,14 +8,24 @@ Writes, under DIR:
 - `qa.jsonl`: short questions with 1-3 word answers (`question`, `answer`), made from
   templates over small fact tables (capitals, arithmetic, colours, opposites, animals).
 - `tiny-model/`: a tiny `LlamaForCausalLM` and its byte-level BPE tokenizer, loadable
-  offline with `AutoModelForCausalLM` / `AutoTokenizer`. The model is briefly pre-trained
-  on plain sentences stating the same facts ("The capital of France is Paris."), never
-  on the "Question: ... Answer:" format, so that it is a small but sensible base model:
-  it knows the facts, and the quickstart's fine-tune teaches it to answer questions.
+  offline with `AutoModelForCausalLM` / `AutoTokenizer`. The model is briefly (~20 s)
+  pre-trained on plain text stating the same facts ("The capital of France is Paris.",
+  "What is the capital of France? It is Paris."), never in the quickstart's
+  "Question: ...\nAnswer: ..." format, so that it is a small but sensible base model: it
+  has seen the facts, and the quickstart's LoRA fine-tune teaches it the answer format.
+  (A randomly initialised model barely moves under 60 LoRA steps: its frozen embeddings
+  and head are noise.)
 
-The output is deterministic: fixed seeds, fixed iteration order, a single CPU thread for
-the pre-training, so running the script twice gives byte-identical files (on the same
-kind of CPU, with the same torch/transformers/tokenizers versions).
+The output is deterministic: fixed seeds, fixed iteration order, one CPU thread for the
+pre-training, and on x86-64 the float kernels pinned to their AVX2 code paths (torch's
+ATEN_CPU_CAPABILITY and MKL's MKL_CBWR, set below before torch is imported): running it
+twice gives byte-identical files. The pinning is there so that other x86-64 CPUs (an
+AVX-512 Intel CI runner) get the same weights bit for bit as the AMD EPYC (AVX2) that made
+the shipped ones; unpinned, torch and MKL pick kernels that sum in another order and the
+pre-trained weights differ in the last bits. That has been checked on AVX2 hardware only.
+Same versions of torch, transformers and tokenizers assumed (config.json records
+transformers'); on other CPUs (ARM) the output is deterministic run to run but not equal
+to the shipped files.
 """
 
 from __future__ import annotations
@@ -24,10 +34,17 @@ import argparse
 import json
 import math
 import os
+import platform
 import random
 import time
 from collections.abc import Iterator
 from pathlib import Path
+
+# Read by torch and MKL when they load, so set before anything imports torch. Without them the
+# pre-trained weights depend on which SIMD kernels the CPU gets (AVX2 vs AVX-512 sum in another order).
+X86 = platform.machine().lower() in ("x86_64", "amd64")
+PINNED_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"} if X86 else {}
+os.environ.update(PINNED_ENV)
 
 SEED = 20240601
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "configs" / "quickstart"
@@ -245,23 +262,47 @@ def write_jsonl(rows: list[dict[str, str]], path: Path) -> None:
 
 
 def pretraining_sentences() -> list[str]:
+    """Every fact stated a few ways, as statements and as a question answered in the same line."""
     out: list[str] = []
     for country, capital in CAPITALS:
         out += [
             f"The capital of {country} is {capital}.",
             f"{capital} is the capital of {country}.",
             f"The capital city of {country} is {capital}.",
+            f"What is the capital of {country}? It is {capital}.",
+            f"Which city is the capital of {country}? {capital} is.",
         ]
     for thing, colour in COLOURS:
-        out += [f"The colour of {thing} is {colour}.", f"{thing[0].upper() + thing[1:]} is {colour}."]
+        out += [
+            f"The colour of {thing} is {colour}.",
+            f"{thing[0].upper() + thing[1:]} is {colour}.",
+            f"What colour is {thing}? It is {colour}.",
+        ]
     for a, b in OPPOSITES:
-        out += [f"The opposite of {a} is {b}.", f"The opposite of {b} is {a}."]
+        out += [
+            f"The opposite of {a} is {b}.",
+            f"The opposite of {b} is {a}.",
+            f"What is the opposite of {a}? It is {b}.",
+            f"What is the opposite of {b}? It is {a}.",
+        ]
     for animal, sound in SOUNDS:
-        out += [f"A {animal} says {sound}.", f"The sound a {animal} makes is {sound}."]
+        out += [
+            f"A {animal} says {sound}.",
+            f"The sound a {animal} makes is {sound}.",
+            f"What does a {animal} say? It says {sound}.",
+        ]
     for animal, baby in BABIES:
-        out += [f"A baby {animal} is called a {baby}.", f"A young {animal} is a {baby}."]
+        out += [
+            f"A baby {animal} is called a {baby}.",
+            f"A young {animal} is a {baby}.",
+            f"What is a baby {animal} called? It is a {baby}.",
+        ]
     for a, op, b, result in arithmetic_facts():
-        out += [f"{a} {op} {b} is {result}.", f"{a} {op} {b} equals {result}."]
+        out += [
+            f"{a} {op} {b} is {result}.",
+            f"{a} {op} {b} equals {result}.",
+            f"What is {a} {op} {b}? It is {result}.",
+        ]
     return out
 
 
@@ -271,8 +312,6 @@ def pretraining_sentences() -> list[str]:
 
 UNK, BOS, EOS, PAD = "<unk>", "<s>", "</s>", "<pad>"
 VOCAB_SIZE = 640
-# The words of the quickstart's templates (configs/quickstart.yaml), so they get tokens of their own.
-TEMPLATE_TEXT = ("Question: What is it?\nAnswer: yes\n",) * 50
 
 
 def build_tokenizer(texts: list[str]):
@@ -412,6 +451,12 @@ def pretrain(model, tokenizer, sentences: list[str], steps: int = PRETRAIN_STEPS
 def build(out: Path, *, pretrain_steps: int = PRETRAIN_STEPS, verbose: bool = True) -> None:
     import torch
 
+    capability = torch.backends.cpu.get_cpu_capability()
+    if X86 and capability != "AVX2":
+        print(
+            f"warning: torch uses {capability} kernels, not AVX2 (imported before this script set ATEN_CPU_CAPABILITY?):"
+        )
+        print("         the weights will not be bit-identical to the shipped ones")
     torch.use_deterministic_algorithms(True)
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
@@ -420,7 +465,8 @@ def build(out: Path, *, pretrain_steps: int = PRETRAIN_STEPS, verbose: bool = Tr
     write_jsonl(rows, out / "qa.jsonl")
 
     sentences = pretraining_sentences()
-    corpus = sentences + [f"Question: {r['question']}\nAnswer: {r['answer']}" for r in rows] + list(TEMPLATE_TEXT)
+    # The tokenizer also sees the rows in the quickstart's prompt format (configs/quickstart.yaml).
+    corpus = sentences + [f"Question: {r['question']}\nAnswer: {r['answer']}" for r in rows]
     tokenizer = build_tokenizer(corpus)
     model = build_model(tokenizer)
     losses = pretrain(model, tokenizer, sentences, steps=pretrain_steps) if pretrain_steps > 0 else []
