@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-ROOT = Path(__file__).resolve().parent.parent
+ROOT = Path(__file__).resolve().parents[2]
 ASSETS = ROOT / "configs" / "quickstart"
 MODEL_DIR = ASSETS / "tiny-model"
 DATASET = ASSETS / "qa.jsonl"
