@@ -147,3 +147,25 @@ def test_s3_inputs_and_outputs_and_a_second_run_downloads_nothing(
     again = second.result()["inputs"]
     assert again["model"]["downloaded_files"] == 0 and again["dataset"]["downloaded_files"] == 0
     assert again["model"]["revision"] == inputs["model"]["revision"]
+
+
+def test_the_readme_main_command(tmp_path: Path) -> None:
+    """`mloc run` on the quickstart, as the README's `make run` does: an embedded Prefect, offline, a CPU."""
+    import os
+    import subprocess
+    import sys
+
+    text = (CONFIGS / "quickstart.yaml").read_text()
+    text = text.replace("path: quickstart/", f"path: {CONFIGS}/quickstart/")
+    text = text.replace("path: ../.mloc/outputs/quickstart-tiny-sft", f"path: {tmp_path}/out")
+    (tmp_path / "quickstart.yaml").write_text(text)
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(MLOC_HOME=str(tmp_path / "home"), PREFECT_HOME=str(tmp_path / "prefect"), HF_HUB_OFFLINE="1")
+    mloc = Path(sys.executable).parent / "mloc"
+    proc = subprocess.run(
+        [str(mloc), "run", str(tmp_path / "quickstart.yaml")], env=env, capture_output=True, text=True, timeout=900
+    )
+    assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
+    assert "on an embedded local Prefect server" in proc.stdout
+    assert ": Completed" in proc.stdout and f"outputs:   file://{tmp_path}/out" in proc.stdout
+    assert (tmp_path / "out" / "mloc-manifest.json").is_file()
