@@ -99,6 +99,7 @@ def run(
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # an embedded server stays offline
     # its first start migrates a new database, which takes longer than Prefect's 20 s default on a busy laptop
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks")  # the steps' own loggers, into the run's logs
     api = os.environ.get("PREFECT_API_URL")
     typer.echo(f"mloc: running {task.metadata.name} on {api or 'an embedded local Prefect server'}")
 
