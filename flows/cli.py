@@ -7,6 +7,7 @@ Heavy imports (Prefect, torch) happen inside the commands that need them, so
 from __future__ import annotations
 
 import json
+import os
 import sys
 from pathlib import Path
 from typing import TYPE_CHECKING, Annotated, Any
@@ -68,7 +69,7 @@ def validate(
     raise typer.Exit(code)
 
 
-def _load_or_exit(path: Path) -> TrainingTask | InferenceTask:
+def _load_or_exit(path: Path, exit_now: bool = True) -> TrainingTask | InferenceTask | None:
     from configs import validate_file
     from tasks.registry import TASK_TYPES
 
@@ -77,7 +78,8 @@ def _load_or_exit(path: Path) -> TrainingTask | InferenceTask:
         typer.echo(f"FAIL  {result.file}: {len(result.issues)} error(s)", err=True)
         for issue in result.issues:
             typer.echo(f"  {issue.format()}", err=True)
-        raise typer.Exit(EXIT_UNREADABLE if result.unreadable else EXIT_INVALID)
+        if exit_now:
+            raise typer.Exit(EXIT_UNREADABLE if result.unreadable else EXIT_INVALID)
     return result.task
 
 
@@ -88,11 +90,11 @@ def run(
     """Run a task now, in this process: against PREFECT_API_URL when it is set, else on an
     embedded local Prefect server. Prints where the outputs went and a summary."""
     import hashlib
-    import os
 
     from tasks.registry import runnable
 
     task = _load_or_exit(path)
+    assert task is not None  # _load_or_exit exits otherwise
     if not runnable(task.spec.task_type):
         typer.echo(f"taskType '{task.spec.task_type}' cannot be run by this MLOC version yet", err=True)
         raise typer.Exit(EXIT_INVALID)
@@ -143,6 +145,95 @@ def _summary(state: State[Any]) -> None:
         typer.echo(
             f"  perplexity: {metrics.get('perplexity_before', float('nan')):.2f} before -> {metrics['perplexity']:.2f} after"
         )
+
+
+@app.command()
+def deploy(
+    paths: Annotated[list[Path], typer.Argument(help="task.yaml files, or folders of them.")],
+    local: Annotated[
+        bool, typer.Option("--local", help="Target the local process pool instead of the GPU pools.")
+    ] = False,
+) -> None:
+    """Register each task as the Prefect deployment mloc/<name> on the work pool of its GPU type.
+
+    Every file is validated and matched to a pool first: if any fails, nothing is registered.
+    Re-deploying an unchanged task changes nothing, so its scheduled runs stay as they were.
+    """
+    from configs import expand_paths
+    from work_pools import PoolError
+
+    files = expand_paths(paths)
+    plans = []
+    failed = False
+    for file in files:
+        task = _load_or_exit(file, exit_now=False)
+        if task is None:
+            failed = True
+            continue
+        from flows.deploy import plan
+
+        try:
+            plans.append(plan(task, file, local=local))
+        except PoolError as exc:
+            typer.echo(f"FAIL  {file}: {exc}", err=True)
+            failed = True
+    if failed or not plans:
+        typer.echo("nothing was deployed.", err=True)
+        raise typer.Exit(EXIT_INVALID)
+    from prefect import get_client
+
+    from flows.deploy import apply
+
+    with get_client(sync_client=True) as client:
+        for p in plans:
+            action = apply(p, client)
+            when = f", schedule {p.schedules[0][0]} ({p.schedules[0][1]})" if p.schedules else ""
+            typer.echo(f"{action:9} mloc/{p.name} -> work pool {p.pool.name}{when}")
+    typer.echo("run one with: prefect deployment run 'mloc/<name>'")
+
+
+pools_app = typer.Typer(help="The work pools: one per GPU type, plus cpu, any-gpu and local.", no_args_is_help=True)
+app.add_typer(pools_app, name="pools")
+
+
+@pools_app.command("apply")
+def pools_apply() -> None:
+    """Create or update every work pool on the Prefect server, idempotently."""
+    from work_pools import apply
+
+    for line in apply():
+        typer.echo(line)
+
+
+@pools_app.command("list")
+def pools_list() -> None:
+    """The pool definitions this MLOC version ships."""
+    from work_pools import pools
+
+    for pool in pools():
+        gpus = f"{pool.gpu_type or 'no GPU'}, up to {pool.gpus_per_node}/node" if pool.gpu_type else "no GPU"
+        typer.echo(f"{pool.name:18} {pool.kind:10} {gpus:40} {pool.description}")
+
+
+@app.command()
+def worker(
+    pool: Annotated[str, typer.Option(help="The process pool to join.")] = "local",
+) -> None:
+    """Start a Prefect process worker on this machine for the tasks its hardware can run.
+
+    The local pool has one queue per GPU type (plus 'any-gpu' and 'cpu'); `mloc deploy --local`
+    puts each task in the queue of its GPU type. This machine's GPU is detected with nvidia-smi
+    (else torch) and the worker serves that queue, 'any-gpu' and 'cpu' — or only 'cpu' without a GPU.
+    """
+    from flows.worker import detect_gpu_type, local_queues
+
+    gpu = detect_gpu_type()
+    queues = local_queues(gpu)
+    typer.echo(f"mloc: this machine has {gpu or 'no NVIDIA GPU'}; serving queues {', '.join(queues)} of pool '{pool}'")
+    args = ["prefect", "worker", "start", "--pool", pool, "--type", "process"]
+    for queue in queues:
+        args += ["--work-queue", queue]
+    os.execvp(args[0], args)
 
 
 @app.command()

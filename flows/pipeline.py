@@ -148,8 +148,18 @@ def train_step(task_: TrainingTask, inputs: dict[str, dict[str, Any]], workdir: 
 
 @task(name="upload", task_run_name="upload", cache_policy=NO_CACHE)
 def upload_step(task_: TrainingTask, staging: Path, manifest: dict[str, Any], base_dir: Path) -> dict[str, Any]:
-    uploaded = upload.upload(task_.spec.output.destination, staging, manifest, base_dir=base_dir)
-    get_run_logger().info("uploaded %d file(s) to %s", len(uploaded.files), uploaded.uri)
+    """Publish the staged outputs; a task with a schedule writes a new version each run and
+    moves the latest pointer to it only once the upload is complete."""
+    logger = get_run_logger()
+    destination = task_.spec.output.destination
+    version = manifest.get("version")
+    if version:
+        destination = upload.versioned(destination, version)
+    uploaded = upload.upload(destination, staging, manifest, base_dir=base_dir)
+    logger.info("uploaded %d file(s) to %s", len(uploaded.files), uploaded.uri)
+    if version:
+        pointer = upload.publish_latest(task_.spec.output.destination, version, uploaded, base_dir=base_dir)
+        logger.info("latest now points at version %s (%s)", version, pointer or "the repo's main branch")
     return uploaded.to_dict()
 
 
@@ -190,16 +200,13 @@ def pipeline(task: Task, base_dir: str = ".", task_yaml_sha256: str | None = Non
     staging = workdir / "staging"
     shutil.rmtree(staging, ignore_errors=True)
     report.stage(task_, trained, results, workdir, staging)
+    finished = datetime.now(UTC)
     manifest = report.manifest(
-        task_,
-        inputs,
-        trained,
-        metrics,
-        task_digest(task_),
-        task_yaml_sha256,
-        time.time() - started,
-        datetime.now(UTC).isoformat(),
+        task_, inputs, trained, metrics, task_digest(task_), task_yaml_sha256, time.time() - started,
+        finished.isoformat(),
     )
+    if task_.spec.schedule is not None:  # retraining: every run is kept, under its own version
+        manifest["version"] = f"{finished:%Y%m%dT%H%M%SZ}-{manifest['flow_run_id'][:8]}"
     uploaded = upload_step(task_, staging, manifest, root)
     return {
         "name": task_.metadata.name,

@@ -503,3 +503,45 @@ def _upload_hub(
     except (HfHubHTTPError, httpx2.TransportError) as exc:
         raise _hub_error(destination, exc) from exc
     return Uploaded(uri=f"hf://{repo}@{commit.oid}", files=[*files, MANIFEST], transferred=list(files))
+
+
+# --- versions and the latest pointer (scheduled retraining) ------------------------------------
+
+LATEST = "latest.json"
+
+
+def versioned(destination: Destination, version: str) -> Destination:
+    """Where one run of a versioned task writes: ``<path>/versions/<version>``.
+
+    The Hub keeps versions itself (every upload is a commit, and main is the latest).
+    """
+    if isinstance(destination, (LocalDestination, S3Destination)):
+        return destination.model_copy(update={"path": f"{destination.path.rstrip('/')}/versions/{version}"})
+    return destination
+
+
+def publish_latest(destination: Destination, version: str, uploaded: Uploaded, *, base_dir: Path) -> str | None:
+    """Point ``<path>/latest.json`` at a completed upload; call it only after :func:`upload` returned.
+
+    Written in one step (a rename, a single PUT), so a reader sees the old pointer or the new one.
+    Returns where the pointer is, or None for the Hub, whose main branch is the latest.
+    """
+    pointer = json.dumps(
+        {"version": version, "uri": uploaded.uri, "manifest": f"{uploaded.uri}/{MANIFEST}"}, indent=1, sort_keys=True
+    ).encode()
+    if isinstance(destination, LocalDestination):
+        target = _local_target(destination, base_dir) / LATEST
+        temp = target.with_name(f".{LATEST}.{uuid.uuid4().hex}")
+        temp.write_bytes(pointer)
+        temp.replace(target)
+        return target.as_uri()
+    if isinstance(destination, S3Destination):
+        s3 = _S3(destination, time.sleep)
+        s3.call(
+            f"write {LATEST}",
+            lambda: s3.client.put_object(
+                Bucket=s3.bucket, Key=s3.key(LATEST), Body=pointer, ContentType="application/json"
+            ),
+        )
+        return f"{s3.uri}/{LATEST}"
+    return None

@@ -1,0 +1,188 @@
+"""Shipping a task: `mloc deploy`, then Prefect's own CLI runs it on a real worker.
+
+Real subprocesses throughout: `prefect server start`, `prefect worker start` on the
+local process pool, `mloc deploy` and `prefect deployment run`.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "configs"
+BIN = Path(sys.executable).parent
+
+
+def quickstart_copy(folder: Path, schedule: bool) -> Path:
+    text = (CONFIGS / "quickstart.yaml").read_text()
+    text = text.replace("path: quickstart/", f"path: {CONFIGS}/quickstart/")
+    text = text.replace("path: ../.mloc/outputs/quickstart-tiny-sft", f"path: {folder}/published")
+    if schedule:
+        text = text.replace(
+            "  output:\n", '  schedule:\n    cron: "0 3 * * *"\n    timezone: Europe/Berlin\n  output:\n'
+        )
+    path = folder / "quickstart.yaml"
+    path.write_text(text)
+    return path
+
+
+@pytest.fixture(scope="module")
+def server(tmp_path_factory: pytest.TempPathFactory, port_picker: Callable[[], int]) -> Iterator[dict[str, str]]:
+    home = tmp_path_factory.mktemp("prefect")
+    port = port_picker()
+    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
+    env.update(
+        PREFECT_HOME=str(home),
+        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
+        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+        PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2",  # scheduled runs appear in seconds, not a minute
+        PREFECT_WORKER_QUERY_SECONDS="2",
+        MLOC_HOME=str(home / "mloc"),
+        HF_HUB_OFFLINE="1",
+    )
+    proc = subprocess.Popen(
+        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+    )
+    try:
+        deadline = time.monotonic() + 180
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"{env['PREFECT_API_URL']}/health", timeout=2).status_code == 200:
+                    break
+            except httpx.HTTPError:
+                time.sleep(1)
+        else:
+            pytest.fail("prefect server did not start in 180 s")
+        yield env
+    finally:
+        os.killpg(proc.pid, 15)
+        proc.wait(timeout=30)
+
+
+def cli(env: dict[str, str], *args: str, timeout: int = 180) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / args[0]), *args[1:]], env=env, capture_output=True, text=True, timeout=timeout)
+
+
+def api(env: dict[str, str], method: str, path: str, body: Any = None) -> Any:
+    response = httpx.request(method, env["PREFECT_API_URL"] + path, json=body, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def scheduled_runs(env: dict[str, str], deployment_id: str) -> list[str]:
+    runs = api(
+        env,
+        "POST",
+        "/flow_runs/filter",
+        {
+            "deployments": {"id": {"any_": [deployment_id]}},
+            "flow_runs": {"state": {"type": {"any_": ["SCHEDULED"]}}},
+        },
+    )
+    return sorted(r["id"] for r in runs if r["auto_scheduled"])
+
+
+def test_deploy_then_prefect_runs_it_on_a_worker(server: dict[str, str], tmp_path: Path) -> None:
+    env = server
+    applied = cli(env, "mloc", "pools", "apply")
+    assert applied.returncode == 0, applied.stdout + applied.stderr
+    task_file = quickstart_copy(tmp_path, schedule=True)
+
+    deployed = cli(env, "mloc", "deploy", "--local", str(task_file))
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    assert "created   mloc/quickstart-tiny-sft -> work pool local" in deployed.stdout
+    deployment = api(env, "GET", "/deployments/name/mloc/quickstart-tiny-sft")
+    assert deployment["work_pool_name"] == "local" and deployment["work_queue_name"] == "cpu"
+    assert {"owner:quickstart", "task-type:sft", "gpu:none"} <= set(deployment["tags"])
+    assert deployment["parameters"]["task"]["metadata"]["name"] == "quickstart-tiny-sft"
+
+    # the cron schedule shows up as scheduled runs
+    deadline = time.monotonic() + 60
+    while not (before := scheduled_runs(env, deployment["id"])) and time.monotonic() < deadline:
+        time.sleep(2)
+    assert before, "no scheduled runs appeared"
+
+    # re-deploying the unchanged file changes nothing: the same scheduled runs, nothing dropped or added
+    again = cli(env, "mloc", "deploy", "--local", str(task_file))
+    assert again.returncode == 0 and "unchanged mloc/quickstart-tiny-sft" in again.stdout, again.stdout
+    time.sleep(5)  # more than two scheduler loops
+    assert scheduled_runs(env, deployment["id"]) == before
+
+    worker = subprocess.Popen(
+        [str(BIN / "prefect"), "worker", "start", "--pool", "local", "--type", "process", "--work-queue", "cpu"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=tmp_path,
+    )
+    try:
+        started = cli(env, "prefect", "deployment", "run", "mloc/quickstart-tiny-sft")
+        assert started.returncode == 0, started.stdout + started.stderr
+        runs = api(
+            env,
+            "POST",
+            "/flow_runs/filter",
+            {
+                "deployments": {"id": {"any_": [deployment["id"]]}},
+                "flow_runs": {"auto_scheduled": {"eq_": False}},
+            },
+        )
+        assert len(runs) == 1
+        run_id = runs[0]["id"]
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            run = api(env, "GET", f"/flow_runs/{run_id}")
+            if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                break
+            time.sleep(3)
+        assert run["state"]["type"] == "COMPLETED", run["state"]
+    finally:
+        os.killpg(worker.pid, 15)
+        worker.wait(timeout=30)
+    assert run["name"] == "quickstart-tiny-sft"
+    assert {
+        "owner:quickstart",
+        "project:mloc-quickstart",
+        "task-type:sft",
+        "gpu:none",
+        "gpu-count:0",
+        "replicas:1",
+    } <= set(run["tags"])
+    # a scheduled task writes a new version per run, and moves latest only after the upload
+    latest = json.loads((tmp_path / "published" / "latest.json").read_text())
+    version_dir = tmp_path / "published" / "versions" / latest["version"]
+    assert (version_dir / "mloc-manifest.json").is_file()
+    assert latest["manifest"] == f"{version_dir.as_uri()}/mloc-manifest.json"
+
+
+def test_a_task_no_pool_can_run_is_refused_and_nothing_is_registered(server: dict[str, str], tmp_path: Path) -> None:
+    env = server
+    text = (CONFIGS / "sft_mistral_7b.yaml").read_text()
+    too_many = tmp_path / "too-many.yaml"
+    too_many.write_text(
+        text.replace("name: sft-mistral-7b-on-dolly", "name: too-many-gpus").replace("count: 4", "count: 64")
+    )
+    fine = tmp_path / "fine.yaml"
+    fine.write_text(text.replace("name: sft-mistral-7b-on-dolly", "name: fine-but-not-alone"))
+    refused = cli(env, "mloc", "deploy", str(fine), str(too_many))
+    assert refused.returncode == 1
+    assert "too-many.yaml" in refused.stderr and "64" in refused.stderr and "nothing was deployed" in refused.stderr
+    names = [d["name"] for d in api(env, "POST", "/deployments/filter", {})]
+    assert "fine-but-not-alone" not in names and "too-many-gpus" not in names
