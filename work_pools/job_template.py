@@ -1,0 +1,163 @@
+"""A pool's Prefect base job template, and the job variables a task's deployment sets on it.
+
+Both live here because they must agree on the variable names. Kubernetes pools start from
+prefect-kubernetes' own default template, so Prefect's placeholders (command, env, labels,
+name, namespace, ...) keep working, and add what GPU training needs on Kubernetes.
+"""
+
+from __future__ import annotations
+
+import copy
+import math
+from typing import Any
+
+from configs.quantities import parse_quantity
+from work_pools.pool_definition import PoolDefinition
+
+GPU_RESOURCE = "nvidia.com/gpu"
+GPU_PRODUCT_LABEL = "nvidia.com/gpu.product"
+HF_HOME = "/cache/huggingface"
+MLOC_HOME = "/cache/mloc"
+DEFAULT_CACHE_CLAIM = "mloc-hf-cache"
+DEFAULT_CREDENTIALS_SECRET = "mloc-credentials"
+FINISHED_JOB_TTL_SECONDS = 3600
+DEFAULT_SHM_SIZE = "8Gi"
+
+
+def base_job_template(pool: PoolDefinition) -> dict[str, Any]:
+    """The base job template the Prefect work pool ``pool.name`` is created with."""
+    if pool.kind == "process":
+        from prefect.workers.process import ProcessWorker
+
+        return copy.deepcopy(ProcessWorker.get_default_base_job_template())
+    from prefect_kubernetes.worker import KubernetesWorker
+
+    template = copy.deepcopy(KubernetesWorker.get_default_base_job_template())
+    _add_job_settings(template, pool)
+    _add_volumes_and_env(template)
+    if pool.gpu_type is not None:
+        _add_gpus(template, pool)
+    return template
+
+
+def job_variables(task: Any, pool: PoolDefinition) -> dict[str, Any]:
+    """What a deployment of ``task`` on ``pool`` sets: its resources, per replica."""
+    if pool.kind == "process":
+        return {}  # a process runs with what its machine has; nothing to request
+    hardware = task.spec.resources.hardware
+    cpu, memory = str(hardware.cpu), str(hardware.memory)
+    values: dict[str, Any] = {
+        # limits equal to requests: with GPUs (whose request must equal the limit anyway) that is
+        # Guaranteed QoS, so a training pod is the last one evicted when a node runs short
+        "cpu_request": cpu,
+        "cpu_limit": cpu,
+        "memory_request": memory,
+        "memory_limit": memory,
+        "shm_size": shm_size(memory),
+    }
+    if pool.gpu_type is not None:
+        values["gpu_count"] = hardware.gpu.count
+    return values
+
+
+def shm_size(memory: str) -> str:
+    """Half the memory limit: /dev/shm pages count against it, and the rest is for the process itself."""
+    mebibytes = math.ceil(parse_quantity(memory) / 2 / 2**20)
+    return f"{mebibytes}Mi"
+
+
+# --- the kubernetes template, piece by piece ---------------------------------------------------
+
+
+def _parts(template: dict[str, Any]) -> tuple[dict[str, Any], dict[str, Any], dict[str, Any]]:
+    """The pod spec, its one container, and the variables' properties."""
+    pod = template["job_configuration"]["job_manifest"]["spec"]["template"]["spec"]
+    return pod, pod["containers"][0], template["variables"]["properties"]
+
+
+def _add_job_settings(template: dict[str, Any], pool: PoolDefinition) -> None:
+    _, _, variables = _parts(template)
+    variables["image"]["default"] = pool.image
+    # 0: a failed pod is not silently re-run by Kubernetes, spending GPU-hours outside Prefect's view.
+    # Retries are Prefect's (spec.execution.retries); with 0, prefect-kubernetes also has an evicted
+    # pod's flow run rescheduled by Prefect instead of handing it to Kubernetes' Job controller.
+    variables["backoff_limit"]["default"] = 0
+    variables["backoff_limit"]["description"] = (
+        "How often Kubernetes re-runs a failed pod. Keep 0: Prefect owns retries (spec.execution.retries) "
+        "and reschedules the flow run of an evicted pod; above 0, GPU work re-runs outside Prefect's view."
+    )
+    # a finished Job and its pod (and logs) stay an hour for inspection, then Kubernetes deletes them
+    variables["finished_job_ttl"]["default"] = FINISHED_JOB_TTL_SECONDS
+
+
+def _add_volumes_and_env(template: dict[str, Any]) -> None:
+    pod, container, variables = _parts(template)
+    pod["volumes"] = [
+        # Docker's 64 MiB /dev/shm starves NCCL and DataLoader workers; a memory-backed emptyDir replaces it
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "{{ shm_size }}"}},
+        # one claim holds the Hugging Face cache and MLOC's own state, so a re-run neither downloads again
+        # nor loses its checkpoints
+        {"name": "cache", "persistentVolumeClaim": {"claimName": "{{ cache_claim_name }}"}},
+    ]
+    container["volumeMounts"] = [
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "cache", "mountPath": HF_HOME, "subPath": "huggingface"},
+        {"name": "cache", "mountPath": MLOC_HOME, "subPath": "mloc"},
+    ]
+    # A list, not Prefect's "{{ env }}" placeholder: prefect-kubernetes puts the `env` job variable in
+    # front of these and drops any of them a deployment sets itself, so a deployment's env adds to them
+    # instead of replacing them.
+    container["env"] = [
+        {"name": "HF_HOME", "value": HF_HOME},
+        {"name": "MLOC_HOME", "value": MLOC_HOME},
+        {"name": "PREFECT_LOGGING_EXTRA_LOGGERS", "value": "tasks"},
+    ]
+    # credentials reach the pod only as references to Kubernetes Secrets: envFrom cannot carry a value
+    container["envFrom"] = "{{ env_from }}"
+    variables["shm_size"] = {
+        "title": "Shared memory size",
+        "description": "Size limit of the memory-backed /dev/shm, a Kubernetes quantity ('16Gi'). "
+        "Its pages count against the memory limit.",
+        "type": "string",
+        "default": DEFAULT_SHM_SIZE,
+    }
+    variables["cache_claim_name"] = {
+        "title": "Cache volume claim",
+        "description": f"The PersistentVolumeClaim mounted at {HF_HOME} (HF_HOME) and {MLOC_HOME} (MLOC_HOME). "
+        "Give it ReadWriteMany access when jobs on several nodes share it.",
+        "type": "string",
+        "default": DEFAULT_CACHE_CLAIM,
+    }
+    variables["env_from"] = {
+        "title": "Environment from Secrets",
+        "description": "Kubernetes envFrom entries: Secrets (or ConfigMaps) whose keys become environment "
+        "variables, e.g. HF_TOKEN, AWS_ACCESS_KEY_ID. optional: true lets a pod start without them.",
+        "type": "array",
+        "items": {"type": "object"},
+        "default": [{"secretRef": {"name": DEFAULT_CREDENTIALS_SECRET, "optional": True}}],
+    }
+
+
+def _add_gpus(template: dict[str, Any], pool: PoolDefinition) -> None:
+    pod, container, variables = _parts(template)
+    # extended resources are never overcommitted: Kubernetes requires request == limit
+    container["resources"]["limits"][GPU_RESOURCE] = "{{ gpu_count }}"
+    container["resources"]["requests"][GPU_RESOURCE] = "{{ gpu_count }}"
+    # GPU nodes are usually tainted so that CPU-only pods stay off them
+    pod["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
+    if pool.product_labels:
+        # `In` over all of the type's product labels: the same card is labelled differently per form factor
+        match = {"key": GPU_PRODUCT_LABEL, "operator": "In", "values": list(pool.product_labels)}
+        pod["affinity"] = {
+            "nodeAffinity": {
+                "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [match]}]}
+            }
+        }
+    variables["gpu_count"] = {
+        "title": "GPU count",
+        "description": f"GPUs per pod ({GPU_RESOURCE}); a {pool.name} node offers at most {pool.gpus_per_node}.",
+        "type": "integer",
+        "minimum": 1,
+        "maximum": pool.gpus_per_node,
+        "default": 1,
+    }
