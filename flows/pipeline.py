@@ -202,7 +202,13 @@ def pipeline(task: Task, base_dir: str = ".", task_yaml_sha256: str | None = Non
     report.stage(task_, trained, results, workdir, staging)
     finished = datetime.now(UTC)
     manifest = report.manifest(
-        task_, inputs, trained, metrics, task_digest(task_), task_yaml_sha256, time.time() - started,
+        task_,
+        inputs,
+        trained,
+        metrics,
+        task_digest(task_),
+        task_yaml_sha256,
+        time.time() - started,
         finished.isoformat(),
     )
     if task_.spec.schedule is not None:  # retraining: every run is kept, under its own version
