@@ -48,7 +48,7 @@ def choose_backend(requested: str) -> str:
     if requested == "vllm" and not has_vllm:
         raise BackendError(
             "evaluation.backend is 'vllm' but this worker has no vLLM with a CUDA GPU — "
-            "install the 'gpu' extra on a GPU worker, or set backend: auto"
+            "install the 'vllm' extra on a GPU worker, or set backend: auto"
         )
     if requested == "auto":
         return "vllm" if has_vllm else "transformers"

@@ -21,6 +21,9 @@ MLOC_HOME = "/cache/mloc"
 DEFAULT_CACHE_CLAIM = "mloc-hf-cache"
 DEFAULT_CREDENTIALS_SECRET = "mloc-credentials"
 FINISHED_JOB_TTL_SECONDS = 3600
+NAMESPACE = "mloc"  # where infra/k8s gives the worker its rights
+JOB_SERVICE_ACCOUNT = "mloc-job"  # infra/k8s: no API access, no token mounted
+RUN_AS = 1000  # the uid/gid the worker images run as (infra/docker)
 DEFAULT_SHM_SIZE = "8Gi"
 
 
@@ -88,6 +91,11 @@ def _add_job_settings(template: dict[str, Any], pool: PoolDefinition) -> None:
     )
     # a finished Job and its pod (and logs) stay an hour for inspection, then Kubernetes deletes them
     variables["finished_job_ttl"]["default"] = FINISHED_JOB_TTL_SECONDS
+    variables["namespace"]["default"] = NAMESPACE
+    variables["service_account_name"]["default"] = JOB_SERVICE_ACCOUNT
+    pod, _, _ = _parts(template)
+    # the images run as a non-root user; fsGroup makes the cache volume writable for it
+    pod["securityContext"] = {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS}
 
 
 def _add_volumes_and_env(template: dict[str, Any]) -> None:
