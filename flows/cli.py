@@ -266,6 +266,109 @@ def task_types() -> None:
         typer.echo(f"{name:14} {info.kind:14} {info.summary}{trainer}")
 
 
+@app.command("api")
+def api(
+    host: Annotated[str, typer.Option(help="The address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
+    port: Annotated[int, typer.Option(help="The port to listen on.")] = 8080,
+) -> None:
+    """Serve the REST facade: POST /api/v1/tasks, GET /api/v1/tasks/{id}, GET /api/v1/stats.
+
+    Every request needs 'Authorization: Bearer <token>'.
+    The token: MLOC_API_TOKEN, else the Prefect Secret block named in MLOC_API_TOKEN_BLOCK; with neither it does not start.
+
+    Deployments and runs go to the Prefect API of PREFECT_API_URL.
+    /docs lists the endpoints (open: no data).
+
+    Put it behind TLS: a bearer token sent over plain HTTP can be read on the way.
+    """
+    from urllib.parse import urlsplit
+
+    from prefect.settings import get_current_settings
+
+    from flows.api_token import TokenError, resolve_token
+
+    api_url = get_current_settings().api.url
+    if not api_url:
+        # without it Prefect would start a throwaway embedded server that no worker ever polls
+        typer.echo("mloc api: PREFECT_API_URL is not set — point it at the Prefect server the workers use", err=True)
+        raise typer.Exit(2)
+    try:
+        token, source = resolve_token()
+    except TokenError as exc:
+        typer.echo(f"mloc api: {exc}", err=True)
+        raise typer.Exit(2) from None
+    import uvicorn
+
+    from flows.api import create_app
+
+    shown = urlsplit(api_url)._replace(netloc=urlsplit(api_url).netloc.rpartition("@")[2]).geturl()  # no userinfo
+    typer.echo(f"mloc api: http://{host}:{port}/api/v1 (docs: /docs), Prefect API {shown}, token from {source}")
+    uvicorn.run(create_app(token), host=host, port=port)
+
+
+@app.command()
+def usage(
+    user: Annotated[str | None, typer.Option(help="Only runs of this owner (metadata.owner).")] = None,
+    project: Annotated[str | None, typer.Option(help="Only runs of this project (metadata.project).")] = None,
+    start: Annotated[str | None, typer.Option(help="First day, YYYY-MM-DD (UTC). Default: yesterday.")] = None,
+    end: Annotated[
+        str | None, typer.Option(help="Last day, inclusive, YYYY-MM-DD (UTC). Default: the start day.")
+    ] = None,
+    as_json: Annotated[bool, typer.Option("--json", help="Print the report as JSON.")] = False,
+    as_csv: Annotated[bool, typer.Option("--csv", help="Print one CSV row per GPU type: hours and cost.")] = False,
+    rate_card: Annotated[
+        Path | None, typer.Option("--rate-card", help='A JSON file of cost per GPU-hour: {"nvidia-a100-80gb": 2.5}.')
+    ] = None,
+) -> None:
+    """GPU-hours of MLOC runs over whole UTC days, by GPU type, user, project and task type.
+
+    Read from the Prefect API (PREFECT_API_URL).
+    Failed, crashed and cancelled runs count their GPU-hours; running ones count up to now.
+    Exit code 1 on bad input or when the API cannot be read.
+    """
+    from datetime import datetime
+    from typing import NoReturn
+
+    from flows import usage_output
+    from flows.usage import load_rate_card, usage_report, yesterday_utc
+
+    def fail(message: str) -> NoReturn:
+        typer.echo(f"mloc usage: {message}", err=True)
+        raise typer.Exit(EXIT_INVALID)
+
+    if as_json and as_csv:
+        fail("--json and --csv exclude each other")
+    days = {}
+    for option, value in (("--start", start), ("--end", end)):
+        try:
+            days[option] = datetime.strptime(value, "%Y-%m-%d").date() if value else None
+        except ValueError:
+            fail(f"{option} '{value}' is not a date: use YYYY-MM-DD")
+    start_date = days["--start"] or yesterday_utc()
+    end_date = days["--end"] or start_date
+    if end_date < start_date:
+        fail(f"--end {end_date} is before --start {start_date}")
+    rates = None
+    try:
+        rates = load_rate_card(rate_card) if rate_card else None
+    except ValueError as exc:
+        fail(str(exc))
+    import httpx
+
+    try:
+        report = usage_report(user, project, start_date=start_date, end_date=end_date, rate_card=rates)
+    except ValueError as exc:  # a GPU type with hours but no rate
+        fail(str(exc))
+    except httpx.HTTPError as exc:
+        fail(f"cannot read runs from the Prefect API: {exc}")
+    if as_json:
+        typer.echo(json.dumps(report, indent=2))
+    elif as_csv:
+        sys.stdout.write(usage_output.csv_text(report))
+    else:
+        typer.echo(usage_output.table(report))
+
+
 def main() -> None:
     app()
 

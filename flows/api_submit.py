@@ -1,0 +1,168 @@
+"""From a submitted task.yaml to its deployment: the checks ``POST /api/v1/tasks`` makes and the deploy.
+
+The same validation and the same deploy as ``mloc validate`` and ``mloc deploy``; what is
+new here is only what a request lacks compared to a file: a folder. A task.yaml's relative
+local paths mean "next to the file", and a request has no such place, so they are refused.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import tempfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+from uuid import UUID
+
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
+
+from configs import ConfigIssue, InferenceTask, TrainingTask, validate_text
+from configs.errors import Loc, dotted
+from configs.models import LocalDestination, LocalSource
+from configs.yamlsource import parse
+from flows.deploy import Plan, apply, plan
+from flows.pipeline import FLOW_NAME
+from tasks.registry import TASK_TYPES, runnable
+from work_pools import PoolError
+
+SOURCE_NAME = "<request>"  # the "file" of every issue, as `mloc validate` names a file
+MAX_BODY_BYTES = 1024 * 1024  # a task.yaml is a few KiB; anything near this is not one
+YAML_TYPES = ("application/yaml", "application/x-yaml", "text/yaml", "text/x-yaml", "text/plain")
+JSON_TYPE = "application/json"
+
+
+class ApiError(Exception):
+    """A request the API answers with ``status`` and ``{"detail": ..., "errors": [...]}``."""
+
+    def __init__(self, status: int, detail: str, errors: list[ConfigIssue] | None = None) -> None:
+        super().__init__(detail)
+        self.status, self.detail, self.errors = status, detail, errors
+
+    def body(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"detail": self.detail}
+        if self.errors is not None:
+            out["errors"] = [issue.to_dict() for issue in self.errors]
+        return out
+
+
+class TaskSubmission(BaseModel):
+    """The JSON form of a submission, for clients that only speak JSON."""
+
+    model_config = ConfigDict(extra="forbid")
+    task_yaml: str = Field(description="The task.yaml, as text.")
+
+
+def task_text(content_type: str | None, body: bytes) -> str:
+    """The task.yaml text of a request body: YAML or plain text as is, or JSON ``{"task_yaml": ...}``."""
+    media = (content_type or "").split(";")[0].strip().lower()
+    if media == JSON_TYPE:
+        try:
+            return TaskSubmission.model_validate_json(body).task_yaml
+        except ValidationError as exc:
+            first = exc.errors()[0]
+            where = ".".join(map(str, first["loc"])) or "body"
+            raise ApiError(
+                422, f'the JSON body must be {{"task_yaml": "<the task.yaml text>"}} — {where}: {first["msg"]}'
+            ) from None
+    if media not in YAML_TYPES:
+        raise ApiError(
+            415, f'send the task.yaml as one of {", ".join(YAML_TYPES)}, or {JSON_TYPE} as {{"task_yaml": ...}}'
+        )
+    try:
+        return body.decode("utf-8")
+    except UnicodeDecodeError:
+        raise ApiError(422, "the body is not UTF-8 text") from None
+
+
+def prepare(text: str, *, local: bool) -> Plan:
+    """Validate a submitted task.yaml and plan its deployment; raises :class:`ApiError` (422) with every issue."""
+    result = validate_text(text, SOURCE_NAME, TASK_TYPES)
+    if result.task is None:
+        raise ApiError(422, f"the task.yaml is not valid: {len(result.issues)} error(s)", result.issues)
+    task = result.task
+    relative = relative_local_paths(task, text)
+    if relative:
+        raise ApiError(422, "local paths in a submitted task.yaml must be absolute", relative)
+    if not runnable(task.spec.task_type):
+        # deploying it would only queue a run that fails at once on the worker
+        raise ApiError(422, f"taskType '{task.spec.task_type}' cannot be run by this MLOC version yet")
+    with tempfile.TemporaryDirectory(prefix="mloc-api-") as folder:
+        path = Path(folder) / "task.yaml"
+        path.write_bytes(text.encode("utf-8"))  # plan() hashes the file's bytes, as `mloc deploy` does
+        try:
+            planned = plan(task, path, local=local)
+        except PoolError as exc:
+            raise ApiError(422, str(exc)) from None
+    # Every local path is absolute (checked above), so base_dir is never read; a fixed "/" keeps
+    # the deployment identical for identical text, where the temporary folder would make every
+    # submission an update.
+    return dataclasses.replace(planned, parameters={**planned.parameters, "base_dir": "/"})
+
+
+def relative_local_paths(task: TrainingTask | InferenceTask, text: str) -> list[ConfigIssue]:
+    """An issue, at its line, for each local source or destination whose path is relative."""
+    positions = parse(text).positions  # the text is valid YAML: validate_text accepted it
+    issues = []
+    for loc, value in _local_paths(task, ()):
+        if not Path(value).is_absolute():
+            line, column = positions.of_value(loc)
+            issues.append(
+                ConfigIssue(
+                    SOURCE_NAME,
+                    line,
+                    column,
+                    dotted(loc),
+                    f"'{value}' is relative, and a task submitted over the API has no folder it could be relative to",
+                    "write the absolute path it has on the worker",
+                )
+            )
+    return issues
+
+
+def _local_paths(value: Any, loc: Loc) -> Iterator[tuple[Loc, str]]:
+    # walks the whole model, so a local source added to the format later is checked too
+    if isinstance(value, (LocalSource, LocalDestination)):
+        yield (*loc, "path"), value.path
+    elif isinstance(value, BaseModel):
+        for name, info in type(value).model_fields.items():
+            yield from _local_paths(getattr(value, name), (*loc, info.alias or name))
+    elif isinstance(value, list):
+        for index, item in enumerate(value):
+            yield from _local_paths(item, (*loc, index))
+    elif isinstance(value, dict):
+        for key, item in value.items():
+            yield from _local_paths(item, (*loc, str(key)))
+
+
+def deploy(p: Plan) -> tuple[str, UUID]:
+    """Create or update ``mloc/<name>``; returns the action and the deployment's id.
+
+    Blocking: it reuses :func:`flows.deploy.apply`, the one deploy path `mloc deploy` takes,
+    with Prefect's sync client, so the API calls it in a worker thread.
+    """
+    from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
+
+    with get_client(sync_client=True) as client:
+        try:
+            client.read_work_pool(p.pool.name)
+        except ObjectNotFound:
+            raise ApiError(
+                409, f"work pool '{p.pool.name}' does not exist on the Prefect server — run `mloc pools apply` first"
+            ) from None
+        action = apply(p, client)
+        deployment = client.read_deployment_by_name(f"{FLOW_NAME}/{p.name}")
+    return action, deployment.id
+
+
+def openapi_request_body() -> dict[str, Any]:
+    """The request body of ``POST /api/v1/tasks`` for the OpenAPI schema: FastAPI cannot infer
+    one, since the endpoint reads the body itself (after the token check)."""
+    text = {"schema": {"type": "string", "description": "The task.yaml."}}
+    return {
+        "required": True,
+        "content": {
+            **{media: text for media in YAML_TYPES},
+            JSON_TYPE: {"schema": TaskSubmission.model_json_schema()},
+        },
+    }

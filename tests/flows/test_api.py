@@ -1,0 +1,414 @@
+"""The REST facade end to end: `mloc api` in a subprocess, spoken to over HTTP, on a real Prefect API.
+
+Nothing here executes a flow run (no worker): a submission is done once its deployment
+exists and its run is SCHEDULED on the right pool.
+"""
+
+from __future__ import annotations
+
+import importlib.util
+import json
+import os
+import secrets
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from datetime import date, timedelta
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+
+from configs import validate_text
+from tasks.registry import TASK_TYPES
+
+pytestmark = pytest.mark.slow
+
+ROOT = Path(__file__).resolve().parents[2]
+CONFIGS = ROOT / "configs"
+BIN = Path(sys.executable).parent
+YAML = {"content-type": "application/yaml"}
+# A submission is a few Prefect API calls, each retried by Prefect's client when its SQLite
+# test database is briefly locked: seconds on a busy 2-core machine, over httpx's 5 s default.
+TIMEOUT = 60
+
+
+def post(url: str, **kwargs: Any) -> httpx.Response:
+    return httpx.post(url, timeout=TIMEOUT, **kwargs)
+
+
+def get(url: str, **kwargs: Any) -> httpx.Response:
+    return httpx.get(url, timeout=TIMEOUT, **kwargs)
+
+
+@dataclass(frozen=True)
+class Api:
+    url: str
+    token: str
+    prefect: str  # the Prefect API it talks to
+
+    def auth(self, **headers: str) -> dict[str, str]:
+        return {"authorization": f"Bearer {self.token}", **headers}
+
+    def prefect_call(self, method: str, path: str, body: Any = None) -> Any:
+        response = httpx.request(method, self.prefect + path, json=body, timeout=TIMEOUT)
+        response.raise_for_status()
+        return response.json()
+
+    def counts(self) -> tuple[int, int, int]:
+        """Deployments, flow runs and flows: what a refused request must leave as it was."""
+        return (
+            self.prefect_call("POST", "/deployments/count", {}),
+            self.prefect_call("POST", "/flow_runs/count", {}),
+            self.prefect_call("POST", "/flows/count", {}),
+        )
+
+
+def unique_name() -> str:
+    return f"api-test-{uuid.uuid4().hex[:10]}"
+
+
+def quickstart_text(name: str, output: Path) -> str:
+    """configs/quickstart.yaml with absolute local paths, its output under ``output``, named ``name``."""
+    text = (CONFIGS / "quickstart.yaml").read_text()
+    replaced = (
+        text.replace("path: quickstart/", f"path: {CONFIGS}/quickstart/")
+        .replace("path: ../.mloc/outputs/quickstart-tiny-sft", f"path: {output}")
+        .replace("name: quickstart-tiny-sft", f"name: {name}")
+    )
+    assert replaced.count(str(CONFIGS)) == 2 and str(output) in replaced and name in replaced, "quickstart.yaml changed"
+    return replaced
+
+
+def subprocess_env(prefect_url: str, home: Path, **extra: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith(("PREFECT_", "MLOC_API_"))}
+    env.update(PREFECT_API_URL=prefect_url, PREFECT_HOME=str(home), PREFECT_SERVER_ANALYTICS_ENABLED="false", **extra)
+    return env
+
+
+@pytest.fixture(scope="module")
+def prefect_url(prefect_server: None) -> str:
+    from prefect.settings import PREFECT_API_URL
+
+    url = PREFECT_API_URL.value()
+    assert url
+    return url
+
+
+@pytest.fixture(scope="module")
+def api(prefect_url: str, port_picker: Callable[[], int], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """`mloc api` on a free loopback port, with MLOC's work pools on its Prefect API (as
+    `mloc pools apply` leaves them); afterwards, its whole output must not hold the token."""
+    import work_pools
+
+    home = tmp_path_factory.mktemp("mloc-api")
+    token = secrets.token_urlsafe(32)
+    port = port_picker()
+    log = home / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(BIN / "mloc"), "api", "--host", "127.0.0.1", "--port", str(port)],
+            env=subprocess_env(prefect_url, home / "prefect", MLOC_API_TOKEN=token),
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    url = f"http://127.0.0.1:{port}"
+    try:
+        work_pools.apply()  # while the server starts
+        deadline = time.monotonic() + 60
+        while True:
+            assert proc.poll() is None, f"mloc api exited:\n{log.read_text()}"
+            try:
+                if httpx.get(f"{url}/openapi.json", timeout=2).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            assert time.monotonic() < deadline, f"mloc api did not answer in 60 s:\n{log.read_text()}"
+            time.sleep(0.2)
+        yield Api(url, token, prefect_url)
+    finally:
+        proc.terminate()
+        proc.wait(timeout=30)
+    output = log.read_text()
+    assert "token from env MLOC_API_TOKEN" in output and "POST /api/v1/tasks" in output  # it did log, and...
+    assert token not in output  # ...never the token
+
+
+# --- authentication ---------------------------------------------------------------------------
+
+
+def test_openapi_is_open_and_declares_the_bearer_scheme(api: Api) -> None:
+    schema = get(f"{api.url}/openapi.json").json()
+    schemes = schema["components"]["securitySchemes"]
+    assert [s["scheme"] for s in schemes.values()] == ["bearer"]
+    operations = [(path, op) for path, item in schema["paths"].items() for op in item.values()]
+    assert {p for p, _ in operations} == {"/api/v1/tasks", "/api/v1/tasks/{run_id}", "/api/v1/stats"}
+    for path, op in operations:
+        assert op["security"] == [{name: []} for name in schemes], path
+    body = schema["paths"]["/api/v1/tasks"]["post"]["requestBody"]["content"]
+    assert {"application/yaml", "text/plain", "application/json"} <= set(body)
+    assert get(f"{api.url}/docs").status_code == 200
+
+
+def test_without_the_right_token_nothing_is_read_or_changed(api: Api, tmp_path: Path) -> None:
+    name = unique_name()
+    text = quickstart_text(name, tmp_path / "out")
+    before = api.counts()
+    wrong = [
+        {},
+        {"authorization": "Bearer"},
+        {"authorization": f"Bearer {api.token}x"},
+        {"authorization": f"Bearer {api.token[:-1]}"},
+        {"authorization": f"Basic {api.token}"},
+        {"authorization": api.token},
+    ]
+    for headers in wrong:
+        requests = [
+            post(f"{api.url}/api/v1/tasks?local=true", content=text, headers={**headers, **YAML}),
+            # malformed JSON and a malformed id: the token is checked before either is looked at
+            post(f"{api.url}/api/v1/tasks", content=b"{", headers={**headers, "content-type": "application/json"}),
+            get(f"{api.url}/api/v1/tasks/not-a-uuid", headers=headers),
+            get(f"{api.url}/api/v1/tasks/{uuid.uuid4()}", headers=headers),
+            get(f"{api.url}/api/v1/stats?start_date=2025-09-01&end_date=2025-09-05", headers=headers),
+        ]
+        for response in requests:
+            assert response.status_code == 401, (headers, response.request.url, response.text)
+            assert response.headers["www-authenticate"] == "Bearer"
+            assert api.token not in response.text
+    assert api.counts() == before
+    missing = get(f"{api.prefect}/deployments/name/mloc/{name}")
+    assert missing.status_code == 404
+
+
+# --- submitting -------------------------------------------------------------------------------
+
+
+def test_an_invalid_task_gets_every_error_mloc_validate_gives(api: Api, tmp_path: Path) -> None:
+    text = (
+        quickstart_text(unique_name(), tmp_path / "out")
+        .replace("taskType: sft", "taskType: sfft")
+        .replace("max_seq_length: 64", "max_seq_length: 64\n      max_seq_lenght: 32")
+        .replace("count: 0", "count: -1")
+    )
+    expected = validate_text(text, "<request>", TASK_TYPES).issues
+    assert len(expected) >= 2  # the test is only as good as the errors it compares
+    before = api.counts()
+    response = post(f"{api.url}/api/v1/tasks", content=text, headers=api.auth(**YAML))
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert [(e["field"], e["line"]) for e in body["errors"]] == [(i.field, i.line) for i in expected]
+    assert body["errors"] == [i.to_dict() for i in expected]
+    assert f"{len(expected)} error(s)" in body["detail"]
+
+    # the same through JSON, and for text that is not YAML at all
+    broken = "apiVersion: mloc/v1\nkind: [TrainingTask\n"
+    response = post(f"{api.url}/api/v1/tasks", json={"task_yaml": broken}, headers=api.auth())
+    assert response.status_code == 422
+    assert response.json()["errors"] == [i.to_dict() for i in validate_text(broken, "<request>", TASK_TYPES).issues]
+    assert "not valid YAML" in response.json()["errors"][0]["message"]
+    assert api.counts() == before
+
+
+def test_relative_local_paths_are_refused_at_their_lines(api: Api) -> None:
+    text = (CONFIGS / "quickstart.yaml").read_text().replace("name: quickstart-tiny-sft", f"name: {unique_name()}")
+    assert validate_text(text, "<request>", TASK_TYPES).valid  # valid as a file: only its paths are the problem
+    lines = text.splitlines()
+    before = api.counts()
+    response = post(f"{api.url}/api/v1/tasks", content=text, headers=api.auth(**YAML))
+    assert response.status_code == 422, response.text
+    body = response.json()
+    assert "must be absolute" in body["detail"]
+    fields = {e["field"]: e for e in body["errors"]}
+    assert set(fields) == {"spec.model.source.path", "spec.dataset.source.path", "spec.output.destination.path"}
+    for error in body["errors"]:
+        path = error["message"].split("'")[1]
+        assert lines[error["line"] - 1].strip() == f"path: {path}"  # the line the user has to fix
+    assert api.counts() == before
+
+
+def test_a_valid_task_is_deployed_and_gets_one_scheduled_run(api: Api, tmp_path: Path) -> None:
+    name = unique_name()
+    text = quickstart_text(name, tmp_path / "out")
+    response = post(f"{api.url}/api/v1/tasks?local=true", content=text, headers=api.auth(**YAML))
+    assert response.status_code == 201, response.text
+    created = response.json()
+    assert created == {
+        "id": created["id"],
+        "name": name,
+        "deployment": f"mloc/{name}",
+        "deployment_action": "created",
+        "work_pool": "local",
+        "state": "SCHEDULED",
+    }
+    assert response.headers["location"] == f"/api/v1/tasks/{created['id']}"
+
+    deployment = api.prefect_call("GET", f"/deployments/name/mloc/{name}")
+    assert deployment["work_pool_name"] == "local" and deployment["work_queue_name"] == "cpu"
+    assert deployment["parameters"]["task"]["metadata"]["name"] == name
+    assert deployment["parameters"]["base_dir"] == "/"
+    run = api.prefect_call("GET", f"/flow_runs/{created['id']}")
+    assert run["deployment_id"] == deployment["id"] and run["state"]["type"] == "SCHEDULED"
+    assert run["work_queue_name"] == "cpu" and run["name"] == name
+    assert {"owner:quickstart", "project:mloc-quickstart", "task-type:sft", "gpu:none"} <= set(run["tags"])
+    assert run["parameters"]["task"] == deployment["parameters"]["task"]
+
+    # the same text again, as JSON: the deployment is left as it was, and a second run is created
+    again = post(f"{api.url}/api/v1/tasks?local=true", json={"task_yaml": text}, headers=api.auth())
+    assert again.status_code == 201, again.text
+    assert again.json()["deployment_action"] == "unchanged" and again.json()["id"] != created["id"]
+    runs = api.prefect_call("POST", "/flow_runs/filter", {"deployments": {"id": {"any_": [deployment["id"]]}}})
+    assert sorted(r["id"] for r in runs) == sorted([created["id"], again.json()["id"]])
+    assert api.prefect_call("GET", f"/deployments/{deployment['id']}")["updated"] == deployment["updated"]
+
+    status = get(f"{api.url}/api/v1/tasks/{created['id']}", headers=api.auth())
+    assert status.status_code == 200, status.text
+    got = status.json()
+    assert got["id"] == created["id"] and got["name"] == name and got["deployment"] == f"mloc/{name}"
+    assert got["state"]["type"] == "SCHEDULED" and got["state"]["name"] == "Scheduled"
+    assert got["tags"] == sorted(run["tags"]) and got["work_pool"] == "local"
+    assert got["start_time"] is None and got["end_time"] is None and got["artifacts"] == []
+
+
+def test_by_default_a_task_goes_to_the_pool_of_its_gpu_type(api: Api, tmp_path: Path) -> None:
+    name = unique_name()
+    response = post(
+        f"{api.url}/api/v1/tasks", content=quickstart_text(name, tmp_path / "out"), headers=api.auth(**YAML)
+    )
+    assert response.status_code == 201, response.text
+    assert response.json()["work_pool"] == "cpu"  # the quickstart asks for no GPU
+    run = api.prefect_call("GET", f"/flow_runs/{response.json()['id']}")
+    assert run["work_pool_name"] == "cpu" and run["state"]["type"] == "SCHEDULED"
+    assert api.prefect_call("GET", f"/deployments/name/mloc/{name}")["work_pool_name"] == "cpu"
+
+
+def test_a_task_no_pool_or_version_can_run_is_refused_and_nothing_is_registered(api: Api) -> None:
+    name = unique_name()
+    too_big = (
+        (CONFIGS / "sft_mistral_7b.yaml")
+        .read_text()
+        .replace("name: sft-mistral-7b-on-dolly", f"name: {name}")
+        .replace("count: 4", "count: 64")
+    )
+    not_yet = (CONFIGS / "rm_qwen_helpfulness.yaml").read_text().replace("name: rm-qwen-helpfulness", f"name: {name}")
+    before = api.counts()
+    response = post(f"{api.url}/api/v1/tasks", content=too_big, headers=api.auth(**YAML))
+    assert response.status_code == 422, response.text
+    assert "64" in response.json()["detail"] and "gpu.count" in response.json()["detail"]
+    response = post(f"{api.url}/api/v1/tasks", content=not_yet, headers=api.auth(**YAML))
+    assert response.status_code == 422, response.text
+    assert response.json()["detail"] == "taskType 'rm' cannot be run by this MLOC version yet"
+    assert api.counts() == before
+
+
+def test_a_pool_missing_on_the_server_is_a_409_that_names_the_fix(prefect_url: str, tmp_path: Path) -> None:
+    import dataclasses
+
+    from flows.api_submit import ApiError, deploy, prepare
+
+    planned = prepare(quickstart_text(unique_name(), tmp_path / "out"), local=True)
+    elsewhere = dataclasses.replace(planned, pool=planned.pool.model_copy(update={"name": "no-such-pool"}))
+    with pytest.raises(ApiError) as refused:
+        deploy(elsewhere)
+    assert refused.value.status == 409 and "mloc pools apply" in refused.value.detail
+    missing = httpx.get(f"{prefect_url}/deployments/name/mloc/{planned.name}", timeout=TIMEOUT)
+    assert missing.status_code == 404
+
+
+def test_bodies_that_are_not_a_task_yaml(api: Api) -> None:
+    before = api.counts()
+    cases = [
+        ({"content-type": "application/xml"}, b"<task/>", 415, "application/yaml"),
+        ({}, b"apiVersion: mloc/v1", 415, "application/yaml"),
+        ({"content-type": "application/json"}, b"{", 422, "task_yaml"),
+        ({"content-type": "application/json"}, json.dumps({"yaml": "x"}).encode(), 422, "task_yaml"),
+        ({"content-type": "text/plain"}, b"\xff\xfe", 422, "UTF-8"),
+        ({"content-type": "text/plain"}, b"#" * (1024 * 1024 + 1), 413, "bytes"),
+    ]
+    for headers, body, status, said in cases:
+        response = post(f"{api.url}/api/v1/tasks", content=body, headers=api.auth(**headers))
+        assert response.status_code == status, (headers, response.text)
+        assert said in response.json()["detail"]
+    assert api.counts() == before
+
+
+# --- reading runs -----------------------------------------------------------------------------
+
+
+def test_unknown_malformed_and_foreign_run_ids(api: Api) -> None:
+    unknown = get(f"{api.url}/api/v1/tasks/{uuid.uuid4()}", headers=api.auth())
+    assert unknown.status_code == 404 and "no MLOC task run" in unknown.json()["detail"]
+    assert get(f"{api.url}/api/v1/tasks/123", headers=api.auth()).status_code == 422
+    # a run of some other flow on the same Prefect server is not this API's to show
+    flow = api.prefect_call("POST", "/flows/", {"name": f"not-mloc-{uuid.uuid4().hex[:6]}"})
+    foreign = api.prefect_call("POST", "/flow_runs/", {"flow_id": flow["id"], "name": "foreign"})
+    response = get(f"{api.url}/api/v1/tasks/{foreign['id']}", headers=api.auth())
+    assert response.status_code == 404, response.text
+
+
+# --- usage ------------------------------------------------------------------------------------
+
+
+def test_stats_refuses_bad_dates(api: Api) -> None:
+    for query in [
+        "start_date=2025-09-01",  # end_date missing
+        "start_date=2025-13-01&end_date=2025-12-31",
+        "start_date=01.09.2025&end_date=2025-09-05",
+        "start_date=2025-02-30&end_date=2025-03-01",
+        "start_date=2025-09-05&end_date=2025-09-01",  # the wrong way round
+    ]:
+        response = get(f"{api.url}/api/v1/stats?{query}", headers=api.auth())
+        assert response.status_code == 422, (query, response.text)
+
+
+@pytest.mark.skipif(importlib.util.find_spec("flows.usage") is None, reason="flows/usage.py is not written yet")
+def test_stats_is_the_usage_report(api: Api) -> None:
+    from flows.usage import usage_report
+
+    start, end = date.today() - timedelta(days=7), date.today()
+    response = get(
+        f"{api.url}/api/v1/stats",
+        params={"user": "quickstart", "start_date": start.isoformat(), "end_date": end.isoformat()},
+        headers=api.auth(),
+    )
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert {"query_parameters", "total_gpu_hours", "total_tasks_completed", "breakdown_by_gpu"} <= set(body)
+    assert body["query_parameters"]["user"] == "quickstart"
+    assert body["query_parameters"]["start_date"] == start.isoformat()
+    assert body["query_parameters"]["end_date"] == end.isoformat()
+    expected = usage_report(user="quickstart", project=None, start_date=start, end_date=end)
+    assert body == json.loads(json.dumps(expected, default=str))
+
+
+# --- starting -----------------------------------------------------------------------------------
+
+
+def test_mloc_api_refuses_to_start_without_a_token(prefect_url: str, tmp_path: Path) -> None:
+    started = subprocess.run(
+        [str(BIN / "mloc"), "api", "--port", "1"],  # never bound: it must stop before
+        env=subprocess_env(prefect_url, tmp_path, MLOC_API_TOKEN=""),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode == 2, started.stdout + started.stderr
+    assert "MLOC_API_TOKEN" in started.stderr and "MLOC_API_TOKEN_BLOCK" in started.stderr
+
+
+def test_the_token_can_come_from_a_secret_block(prefect_url: str) -> None:
+    from prefect.blocks.system import Secret
+
+    from flows.api_token import TokenError, resolve_token
+
+    value, block = secrets.token_urlsafe(24), f"api-token-{uuid.uuid4().hex[:8]}"
+    Secret(value=value).save(block)
+    assert resolve_token({"MLOC_API_TOKEN_BLOCK": block}) == (value, f"Prefect Secret block '{block}'")
+    assert resolve_token({"MLOC_API_TOKEN": "from-env", "MLOC_API_TOKEN_BLOCK": block})[0] == "from-env"
+    with pytest.raises(TokenError, match="cannot load the Prefect Secret block 'no-such-block'"):
+        resolve_token({"MLOC_API_TOKEN_BLOCK": "no-such-block"})
+    with pytest.raises(TokenError, match="no API token"):
+        resolve_token({"MLOC_API_TOKEN": "", "MLOC_API_TOKEN_BLOCK": ""})
