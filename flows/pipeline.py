@@ -62,7 +62,10 @@ def _tag_this_run(tags: list[str]) -> None:
     from prefect.runtime import flow_run
 
     with get_client(sync_client=True) as client:
-        client.update_flow_run(flow_run.id, tags=sorted(set(flow_run.tags) | set(tags)))
+        # replace, not add: a run from a deployment copies its tags, and edited parameters may differ
+        keys = {t.split(":", 1)[0] + ":" for t in tags}
+        kept = {t for t in flow_run.tags if not t.startswith(tuple(keys))}
+        client.update_flow_run(flow_run.id, tags=sorted(kept | set(tags)))
 
 
 # --- steps ------------------------------------------------------------------------------------
