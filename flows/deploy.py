@@ -59,7 +59,8 @@ def plan(task: TrainingTask | InferenceTask, path: Path, *, local: bool = False)
     )
 
 
-def _current(existing: Any) -> dict[str, Any]:
+def deployment_fields(existing: Any) -> dict[str, Any]:
+    """What an existing deployment says, in the shape a wanted one is compared with."""
     return {
         "work_pool_name": existing.work_pool_name,
         "work_queue_name": existing.work_queue_name,
@@ -96,7 +97,7 @@ def apply(p: Plan, client: Any) -> str:
         existing = client.read_deployment_by_name(f"{FLOW_NAME}/{p.name}")
     except ObjectNotFound:
         existing = None
-    if existing is not None and _current(existing) == _wanted(p):
+    if existing is not None and deployment_fields(existing) == _wanted(p):
         return "unchanged"
     flow_id = client.create_flow_from_name(FLOW_NAME)
     client.create_deployment(

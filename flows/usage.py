@@ -36,6 +36,7 @@ from typing import Any, Literal
 from prefect import flow, get_run_logger
 
 from flows import usage_output
+from flows.deploy import deployment_fields
 from flows.pipeline import FLOW_NAME
 from flows.usage_compute import RunRecord, check_rate_card, compute, window
 from flows.worker import LOCAL_POOL, queue_for
@@ -248,19 +249,10 @@ def _wanted(cron: str, timezone: str, pool: str) -> dict[str, Any]:
         "work_queue_name": queue_for(None) if pool == LOCAL_POOL else "default",
         "entrypoint": ENTRYPOINT,
         "parameters": {},
+        "job_variables": {},
+        "tags": [],
         "schedules": [(cron, timezone, True)],
         "description": "MLOC GPU usage of the previous UTC day, as table and markdown artifacts.",
-    }
-
-
-def _current(existing: Any) -> dict[str, Any]:
-    return {
-        "work_pool_name": existing.work_pool_name,
-        "work_queue_name": existing.work_queue_name,
-        "entrypoint": existing.entrypoint,
-        "parameters": existing.parameters,
-        "schedules": [(s.schedule.cron, s.schedule.timezone, s.active) for s in existing.schedules],
-        "description": existing.description,
     }
 
 
@@ -277,7 +269,7 @@ def schedule_daily(client: Any, cron: str = "0 1 * * *", timezone: str = "UTC", 
         existing = client.read_deployment_by_name(f"{REPORT_FLOW_NAME}/{DEPLOYMENT_NAME}")
     except ObjectNotFound:
         existing = None
-    if existing is not None and _current(existing) == wanted:
+    if existing is not None and deployment_fields(existing) == wanted:
         return "unchanged"
     client.create_deployment(
         flow_id=client.create_flow_from_name(REPORT_FLOW_NAME),
