@@ -197,12 +197,32 @@ app.add_typer(pools_app, name="pools")
 
 
 @pools_app.command("apply")
-def pools_apply() -> None:
-    """Create or update every work pool on the Prefect server, idempotently."""
-    from work_pools import apply
+def pools_apply(
+    local: Annotated[
+        bool,
+        typer.Option("--local", help="Run the daily usage report on the local pool (`mloc worker`) instead of 'cpu'."),
+    ] = False,
+    usage_cron: Annotated[
+        str, typer.Option(help="When the daily usage report runs; it reports the previous UTC day.")
+    ] = "0 1 * * *",
+    usage_timezone: Annotated[str, typer.Option(help="The time zone of --usage-cron.")] = "UTC",
+) -> None:
+    """Create or update every work pool on the Prefect server, and the daily usage-report
+    deployment mloc-usage-report/daily; idempotent: what already says the same is left alone."""
+    from prefect import get_client
 
-    for line in apply():
-        typer.echo(line)
+    from flows.usage import DEPLOYMENT_NAME, REPORT_FLOW_NAME, schedule_daily
+    from flows.worker import LOCAL_POOL
+    from work_pools import apply, cpu_pool
+
+    pool = LOCAL_POOL if local else cpu_pool().name
+    with get_client(sync_client=True) as client:
+        for line in apply(client):
+            typer.echo(line)
+        action = schedule_daily(client, cron=usage_cron, timezone=usage_timezone, pool=pool)
+    typer.echo(
+        f"{action:9} {REPORT_FLOW_NAME}/{DEPLOYMENT_NAME} -> work pool {pool}, schedule {usage_cron} ({usage_timezone})"
+    )
 
 
 @pools_app.command("list")
@@ -319,18 +339,27 @@ def usage(
     rate_card: Annotated[
         Path | None, typer.Option("--rate-card", help='A JSON file of cost per GPU-hour: {"nvidia-a100-80gb": 2.5}.')
     ] = None,
+    source: Annotated[
+        str | None,
+        typer.Option(
+            help="Read runs through the Prefect 'api', or straight from its 'database' "
+            "(PREFECT_SERVER_DATABASE_CONNECTION_URL; ~30x faster over many runs). "
+            "Default: MLOC_USAGE_SOURCE, else 'api' when PREFECT_API_URL is set, else 'database'."
+        ),
+    ] = None,
 ) -> None:
     """GPU-hours of MLOC runs over whole UTC days, by GPU type, user, project and task type.
 
-    Read from the Prefect API (PREFECT_API_URL).
+    Read from the Prefect API (PREFECT_API_URL) or its database (--source).
     Failed, crashed and cancelled runs count their GPU-hours; running ones count up to now.
-    Exit code 1 on bad input or when the API cannot be read.
+    Exit code 1 on bad input or when the runs cannot be read.
     """
     from datetime import datetime
     from typing import NoReturn
 
     from flows import usage_output
-    from flows.usage import load_rate_card, usage_report, yesterday_utc
+    from flows.usage import choose_source, load_rate_card, usage_report, yesterday_utc
+    from flows.usage_db import DatabaseMismatch
 
     def fail(message: str) -> NoReturn:
         typer.echo(f"mloc usage: {message}", err=True)
@@ -351,16 +380,25 @@ def usage(
     rates = None
     try:
         rates = load_rate_card(rate_card) if rate_card else None
+        chosen = choose_source(source)
     except ValueError as exc:
         fail(str(exc))
     import httpx
+    import sqlalchemy.exc
 
     try:
-        report = usage_report(user, project, start_date=start_date, end_date=end_date, rate_card=rates)
+        report = usage_report(user, project, start_date=start_date, end_date=end_date, rate_card=rates, source=chosen)
     except ValueError as exc:  # a GPU type with hours but no rate
         fail(str(exc))
     except httpx.HTTPError as exc:
         fail(f"cannot read runs from the Prefect API: {exc}")
+    except DatabaseMismatch as exc:
+        fail(str(exc))
+    except sqlalchemy.exc.SQLAlchemyError as exc:
+        from flows.usage_db import database_shown
+
+        hint = " (no Prefect server has used it yet: nothing has run here)" if "no such table" in str(exc) else ""
+        fail(f"cannot read runs from Prefect's database {database_shown()}: {str(exc).splitlines()[0]}{hint}")
     if as_json:
         typer.echo(json.dumps(report, indent=2))
     elif as_csv:

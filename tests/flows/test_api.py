@@ -6,7 +6,7 @@ exists and its run is SCHEDULED on the right pool.
 
 from __future__ import annotations
 
-import importlib.util
+import contextlib
 import json
 import os
 import secrets
@@ -99,26 +99,20 @@ def prefect_url(prefect_server: None) -> str:
     return url
 
 
-@pytest.fixture(scope="module")
-def api(prefect_url: str, port_picker: Callable[[], int], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
-    """`mloc api` on a free loopback port, with MLOC's work pools on its Prefect API (as
-    `mloc pools apply` leaves them); afterwards, its whole output must not hold the token."""
-    import work_pools
-
-    home = tmp_path_factory.mktemp("mloc-api")
+@contextlib.contextmanager
+def serving(prefect_url: str, port: int, home: Path, **extra_env: str) -> Iterator[Api]:
+    """`mloc api` on ``port``; afterwards, its whole output must not hold the token."""
     token = secrets.token_urlsafe(32)
-    port = port_picker()
     log = home / "server.log"
     with log.open("wb") as out:
         proc = subprocess.Popen(
             [str(BIN / "mloc"), "api", "--host", "127.0.0.1", "--port", str(port)],
-            env=subprocess_env(prefect_url, home / "prefect", MLOC_API_TOKEN=token),
+            env=subprocess_env(prefect_url, home / "prefect", MLOC_API_TOKEN=token, **extra_env),
             stdout=out,
             stderr=subprocess.STDOUT,
         )
     url = f"http://127.0.0.1:{port}"
     try:
-        work_pools.apply()  # while the server starts
         deadline = time.monotonic() + 60
         while True:
             assert proc.poll() is None, f"mloc api exited:\n{log.read_text()}"
@@ -134,8 +128,18 @@ def api(prefect_url: str, port_picker: Callable[[], int], tmp_path_factory: pyte
         proc.terminate()
         proc.wait(timeout=30)
     output = log.read_text()
-    assert "token from env MLOC_API_TOKEN" in output and "POST /api/v1/tasks" in output  # it did log, and...
+    assert "token from env MLOC_API_TOKEN" in output and "GET /api/v1/" in output  # it did log, and...
     assert token not in output  # ...never the token
+
+
+@pytest.fixture(scope="module")
+def api(prefect_url: str, port_picker: Callable[[], int], tmp_path_factory: pytest.TempPathFactory) -> Iterator[Api]:
+    """`mloc api` with MLOC's work pools on its Prefect API (as `mloc pools apply` leaves them)."""
+    import work_pools
+
+    work_pools.apply()
+    with serving(prefect_url, port_picker(), tmp_path_factory.mktemp("mloc-api")) as app:
+        yield app
 
 
 # --- authentication ---------------------------------------------------------------------------
@@ -364,7 +368,6 @@ def test_stats_refuses_bad_dates(api: Api) -> None:
         assert response.status_code == 422, (query, response.text)
 
 
-@pytest.mark.skipif(importlib.util.find_spec("flows.usage") is None, reason="flows/usage.py is not written yet")
 def test_stats_is_the_usage_report(api: Api) -> None:
     from flows.usage import usage_report
 
@@ -412,3 +415,29 @@ def test_the_token_can_come_from_a_secret_block(prefect_url: str) -> None:
         resolve_token({"MLOC_API_TOKEN_BLOCK": "no-such-block"})
     with pytest.raises(TokenError, match="no API token"):
         resolve_token({"MLOC_API_TOKEN": "", "MLOC_API_TOKEN_BLOCK": ""})
+
+
+@pytest.mark.parametrize("source", ["api", "database"])
+def test_stats_over_http_give_the_hand_computed_figures(
+    source: str, prefect_url: str, port_picker: Callable[[], int], tmp_path: Path
+) -> None:
+    """/api/v1/stats from each source: through the Prefect API, and as deployed next to the
+    server, straight from its database (MLOC_USAGE_SOURCE=database with the server's
+    connection string) — the same figures, computed by hand in usage_runs.py."""
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL
+
+    from tests.flows.usage_runs import create_runs, project_report, server_runs
+
+    tag = uuid.uuid4().hex[:8]
+    create_runs(server_runs(tag))
+    env = {"MLOC_USAGE_SOURCE": source}
+    if source == "database":
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = str(PREFECT_API_DATABASE_CONNECTION_URL.value())
+    with serving(prefect_url, port_picker(), tmp_path, **env) as app:
+        response = get(
+            f"{app.url}/api/v1/stats",
+            params={"project": f"usage-test-{tag}", "start_date": "2025-09-01", "end_date": "2025-09-02"},
+            headers=app.auth(),
+        )
+    assert response.status_code == 200, response.text
+    assert response.json() == project_report(tag)

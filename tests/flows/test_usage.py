@@ -1,14 +1,6 @@
 """Usage accounting: the rules on hand-computed figures, then the same figures read from a
-real Prefect server (keyset paging included), the usage-report flow and `mloc usage`.
-
-On the server, runs get their start and end times the way real runs do: Prefect's own
-orchestration sets ``start_time`` when a run enters RUNNING and ``end_time`` when it
-enters a terminal state, from the state's timestamp. The REST API stamps every state
-with the server's clock (its StateCreate has no timestamp field), so runs in the past
-are made through the server's models against the harness's database, in this process:
-the same orchestration rules, with timestamps we choose. Reading goes through the API.
-That takes ~50 ms a run, so the paging tests, which need hundreds of ended runs, write
-the rows an ended run has (flow_run and its current flow_run_state) in bulk instead.
+real Prefect server through its API (keyset paging included) and from its database, the
+usage-report flow and `mloc usage`. How the server's runs are made: usage_runs.py.
 """
 
 from __future__ import annotations
@@ -16,28 +8,31 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import csv
+import functools
 import io
 import json
 import uuid
 from collections import Counter
-from collections.abc import Iterable
-from dataclasses import dataclass
 from datetime import UTC, date, datetime, timedelta
 from pathlib import Path
-from types import SimpleNamespace
 from typing import Any
 
 import pytest
 
 from flows.usage_compute import RunRecord, compute, gpu_hours, window
-
-A100, H100, L40S = "nvidia-a100-80gb", "nvidia-h100-80gb", "nvidia-l40s"
-SEP1, SEP2 = date(2025, 9, 1), date(2025, 9, 2)
-
-
-def at(day: int, hour: float, month: int = 9) -> datetime:
-    return datetime(2025, month, day, tzinfo=UTC) + timedelta(hours=hour)
-
+from tests.flows.usage_runs import (
+    A100,
+    H100,
+    L40S,
+    SEP1,
+    SEP2,
+    Run,
+    at,
+    create_runs,
+    insert_ended_runs,
+    project_report,
+    server_runs,
+)
 
 # --- the rules, on records --------------------------------------------------------------------
 
@@ -214,120 +209,6 @@ def test_records_from_tags(tags: list[str], expected: tuple[str | None, int] | N
 # --- on a real Prefect server -----------------------------------------------------------------
 
 
-@dataclass(frozen=True)
-class Run:
-    owner: str
-    project: str
-    state: str  # the last state; RUNNING stays running, PENDING never starts
-    start: datetime | None = None
-    end: datetime | None = None
-    gpu: str | None = A100
-    count: int = 1
-    replicas: int = 1
-    task_type: str = "sft"
-
-    def tags(self) -> list[str]:
-        """What flows.pipeline.run_tags writes on a real run."""
-        from flows.pipeline import run_tags
-
-        gpu = SimpleNamespace(type=self.gpu, count=self.count if self.gpu else 0)
-        spec = SimpleNamespace(
-            task_type=self.task_type,
-            resources=SimpleNamespace(replicas=self.replicas, hardware=SimpleNamespace(gpu=gpu)),
-        )
-        return run_tags(SimpleNamespace(spec=spec, metadata=SimpleNamespace(owner=self.owner, project=self.project)))
-
-
-def create_runs(runs: Iterable[Run], batch: int = 100) -> list[str]:
-    """Flow runs of the pipeline flow 'mloc', taken through their states by Prefect's orchestration."""
-    return asyncio.run(_create_runs(list(runs), batch))
-
-
-def insert_ended_runs(runs: list[Run]) -> list[str]:
-    """Ended runs as rows, in one transaction: what orchestration leaves in the database."""
-    return asyncio.run(_insert_ended_runs(runs))
-
-
-async def _insert_ended_runs(runs: list[Run]) -> list[str]:
-    import sqlalchemy as sa
-    from prefect.server import models, schemas
-    from prefect.server.database import provide_database_interface
-
-    db = provide_database_interface()
-    flow_runs, states = [], []
-    for run in runs:
-        assert run.start is not None and run.end is not None, "only ended runs"
-        run_id, state_id = uuid.uuid4(), uuid.uuid4()
-        state = {"state_type": run.state, "state_name": run.state.title(), "state_timestamp": run.end}
-        states.append({"id": state_id, "flow_run_id": run_id, "type": run.state, "name": run.state.title()})
-        states[-1]["timestamp"] = run.end
-        flow_runs.append(
-            {"id": run_id, "name": f"usage-{run_id.hex[:8]}", "tags": run.tags(), "state_id": state_id, **state}
-            | {"expected_start_time": run.start, "start_time": run.start, "end_time": run.end, "run_count": 1}
-            | {"total_run_time": run.end - run.start}
-        )
-    async with db.session_context(begin_transaction=True) as session:
-        flow = await models.flows.create_flow(session=session, flow=schemas.core.Flow(name="mloc"))
-        await session.execute(sa.text("PRAGMA defer_foreign_keys = ON"))  # run and state point at each other
-        await session.execute(sa.insert(db.FlowRun), [r | {"flow_id": flow.id} for r in flow_runs])
-        await session.execute(sa.insert(db.FlowRunState), states)
-    return [str(r["id"]) for r in flow_runs]
-
-
-async def _create_runs(runs: list[Run], batch: int) -> list[str]:
-    from prefect.client.schemas.objects import StateType
-    from prefect.server import models, schemas
-    from prefect.server.database import provide_database_interface
-
-    db = provide_database_interface()
-    ids = []
-    for first in range(0, len(runs), batch):  # short transactions: the server shares the database file
-        async with db.session_context(begin_transaction=True) as session:
-            flow = await models.flows.create_flow(session=session, flow=schemas.core.Flow(name="mloc"))
-            for run in runs[first : first + batch]:
-                made = await models.flow_runs.create_flow_run(
-                    session=session,
-                    flow_run=schemas.core.FlowRun(
-                        flow_id=flow.id, name=f"usage-{uuid.uuid4().hex[:8]}", tags=run.tags()
-                    ),
-                )
-                ids.append(str(made.id))
-                created = (run.start or datetime(2025, 8, 1, tzinfo=UTC)) - timedelta(minutes=1)
-                states = [(StateType.PENDING, created)]
-                if run.state != "PENDING":
-                    states.append((StateType.RUNNING, run.start))
-                if run.state not in ("PENDING", "RUNNING"):
-                    states.append((StateType(run.state), run.end))
-                for state_type, stamp in states:
-                    result = await models.flow_runs.set_flow_run_state(
-                        session=session,
-                        flow_run_id=made.id,
-                        state=schemas.states.State(type=state_type, timestamp=stamp),
-                        force=True,
-                    )
-                    assert result.status.value == "ACCEPT", result.details
-    return ids
-
-
-def server_runs(tag: str) -> list[Run]:
-    """The hand-computed scenario, in project usage-test-<tag>, owners alice-<tag> and bob-<tag>."""
-    alice, bob, project = f"alice-{tag}", f"bob-{tag}", f"usage-test-{tag}"
-    return [
-        Run(alice, project, "COMPLETED", at(31, 22, month=8), at(1, 2), count=4),  # 2 h x 4 in SEP1..SEP2
-        Run(alice, project, "COMPLETED", at(2, 23), at(3, 3), gpu=H100, count=2, replicas=2),  # 1 h x 4, then 3 h x 4
-        Run(bob, project, "FAILED", at(1, 10), at(1, 12.5)),  # 2.5
-        Run(bob, project, "CRASHED", at(2, 0), at(2, 0.25), gpu=L40S, count=8),  # 2
-        Run(alice, project, "CANCELLED", at(1, 5), at(1, 6), count=2),  # 2
-        Run(bob, project, "RUNNING", at(2, 20), gpu=H100, count=2, replicas=3),  # 4 h x 6 to midnight, 24 h x 6 a day
-        Run(alice, project, "COMPLETED", at(1, 8), at(1, 9), gpu=None, task_type="rag_inference"),  # 0, completed
-        Run(alice, project, "COMPLETED", at(1, 12), at(1, 13.5)),  # 1.5
-        Run(bob, project, "PENDING", count=8),  # nothing
-        Run(alice, project, "COMPLETED", at(30, 0, month=8), at(31, 0, month=8), count=8),  # before
-        Run(bob, project, "COMPLETED", at(3, 1), at(3, 2), count=4),  # after SEP2; 1 h x 4 on the 3rd
-        Run(alice, f"other-{tag}", "COMPLETED", at(1, 0), at(1, 10)),  # alice's, another project: 10
-    ]
-
-
 @pytest.fixture(scope="module")
 def scenario(prefect_server: None) -> tuple[str, list[str]]:
     tag = uuid.uuid4().hex[:8]
@@ -350,26 +231,20 @@ def test_server_computes_start_and_end_from_the_state_timestamps(scenario: tuple
     assert (pending.start_time, pending.end_time) == (None, None)
 
 
-@pytest.mark.slow
-def test_usage_report_on_the_server_matches_the_hand_computed_figures(scenario: tuple[str, list[str]]) -> None:
-    from flows.usage import usage_report
+SOURCES = pytest.mark.parametrize("source", ["api", "database"])
 
+
+@pytest.mark.slow
+@SOURCES
+def test_usage_report_on_the_server_matches_the_hand_computed_figures(
+    scenario: tuple[str, list[str]], source: str
+) -> None:
+    from flows import usage
+
+    usage_report = functools.partial(usage.usage_report, source=source)
     tag, _ = scenario
     alice, bob, project = f"alice-{tag}", f"bob-{tag}", f"usage-test-{tag}"
-    by_project = usage_report(project=project, start_date=SEP1, end_date=SEP2)
-    assert by_project == {
-        "query_parameters": {"project": project, "start_date": "2025-09-01", "end_date": "2025-09-02"},
-        "total_gpu_hours": pytest.approx(8 + 4 + 2.5 + 2 + 2 + 24 + 1.5, abs=1e-6),
-        "total_tasks_completed": 3,
-        "breakdown_by_gpu": {
-            A100: pytest.approx(8 + 2.5 + 2 + 1.5, abs=1e-6),
-            H100: pytest.approx(4 + 24, abs=1e-6),
-            L40S: pytest.approx(2, abs=1e-6),
-        },
-        "breakdown_by_user": {alice: pytest.approx(15.5, abs=1e-6), bob: pytest.approx(28.5, abs=1e-6)},
-        "breakdown_by_project": {project: pytest.approx(44, abs=1e-6)},
-        "breakdown_by_task_type": {"sft": pytest.approx(44, abs=1e-6)},
-    }
+    assert usage_report(project=project, start_date=SEP1, end_date=SEP2) == project_report(tag)
     by_alice = usage_report(alice, start_date=SEP1, end_date=SEP2)
     assert by_alice["total_gpu_hours"] == pytest.approx(25.5, abs=1e-6)
     assert by_alice["total_tasks_completed"] == 4
@@ -387,13 +262,14 @@ def test_usage_report_on_the_server_matches_the_hand_computed_figures(scenario: 
 
 
 @pytest.mark.slow
-def test_a_running_run_counts_up_to_now_on_the_server(scenario: tuple[str, list[str]]) -> None:
+@SOURCES
+def test_a_running_run_counts_up_to_now_on_the_server(scenario: tuple[str, list[str]], source: str) -> None:
     from flows.usage import usage_report
 
     tag, _ = scenario
     today = datetime.now(UTC).date()
     before = datetime.now(UTC)
-    report = usage_report(f"bob-{tag}", start_date=SEP2, end_date=today)
+    report = usage_report(f"bob-{tag}", start_date=SEP2, end_date=today, source=source)
     after = datetime.now(UTC)
     # crashed 2 + late 4 + running since 2025-09-02 20:00 on 6 GPUs
     hours = [2 + 4 + 6 * (t - at(2, 20)).total_seconds() / 3600 for t in (before, after)]
@@ -401,10 +277,51 @@ def test_a_running_run_counts_up_to_now_on_the_server(scenario: tuple[str, list[
 
 
 @pytest.mark.slow
+def test_the_database_source_refuses_a_database_that_is_not_the_servers(
+    scenario: tuple[str, list[str]], tmp_path: Path
+) -> None:
+    """A mistyped or stale connection string must not give a report of another database."""
+    from prefect.server.database import provide_database_interface
+    from prefect.server.database.configurations import AioSqliteConfiguration
+    from prefect.server.database.dependencies import temporary_database_config
+
+    from flows.usage import usage_report
+    from flows.usage_db import DatabaseMismatch
+
+    other = AioSqliteConfiguration(connection_url=f"sqlite+aiosqlite:///{tmp_path / 'other.db'}")
+    with temporary_database_config(other):
+        asyncio.run(provide_database_interface().create_db())  # a Prefect database, but not the server's
+        with pytest.raises(DatabaseMismatch, match="not the one behind PREFECT_API_URL"):
+            usage_report(start_date=SEP1, end_date=SEP2, source="database")
+
+
+def test_choose_source(monkeypatch: pytest.MonkeyPatch) -> None:
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.usage import choose_source
+
+    monkeypatch.delenv("MLOC_USAGE_SOURCE", raising=False)
+    with temporary_settings({PREFECT_API_URL: "http://prefect.example:4200/api"}):
+        assert choose_source() == "api"
+        assert choose_source("database") == "database"
+        monkeypatch.setenv("MLOC_USAGE_SOURCE", "database")
+        assert choose_source() == "database"
+        assert choose_source("api") == "api"
+        monkeypatch.setenv("MLOC_USAGE_SOURCE", "db")
+        with pytest.raises(ValueError, match="MLOC_USAGE_SOURCE 'db' is not one of api, database"):
+            choose_source()
+    monkeypatch.delenv("MLOC_USAGE_SOURCE")
+    with temporary_settings(restore_defaults={PREFECT_API_URL}):
+        # no server to ask: the embedded one would read this machine's database anyway
+        assert choose_source() == "database"
+
+
+@pytest.mark.slow
 def test_paging_counts_every_run_exactly_once(prefect_server: None) -> None:
     """More runs than a page, many ending at the same instant (Prefect's sort has no tie-breaker)."""
     from prefect import get_client
 
+    from flows import usage_db
     from flows.usage import PAGE_SIZE, read_runs, usage_report
 
     tag = uuid.uuid4().hex[:8]
@@ -420,9 +337,11 @@ def test_paging_counts_every_run_exactly_once(prefect_server: None) -> None:
     with get_client(sync_client=True) as client:
         read = [r.id for r in read_runs(client, project=project, start_date=SEP1, end_date=SEP1)]
     assert Counter(read) == Counter(ids)
+    assert Counter(r.id for r in usage_db.read_runs(project=project, start_date=SEP1, end_date=SEP1)) == Counter(ids)
     report = usage_report(project=project, start_date=SEP1, end_date=SEP1)
     assert report["total_tasks_completed"] == len(runs)
     assert report["total_gpu_hours"] == pytest.approx(sum((1 + i % 30) / 60 for i in range(len(runs))), abs=1e-6)
+    assert usage_report(project=project, start_date=SEP1, end_date=SEP1, source="database") == report
 
 
 @pytest.mark.slow

@@ -213,3 +213,47 @@ def test_no_secret_manifest_is_shipped() -> None:
 def test_k8s_folder_holds_only_manifests() -> None:
     assert K8S.is_dir()
     assert all(p.suffix in {".yaml", ".yml"} for p in K8S.iterdir()), "kubectl apply -f infra/k8s/ reads every file"
+
+
+# --- the REST facade ----------------------------------------------------------------------
+
+
+def _facade_env() -> dict[str, Any]:
+    [container] = k8s_object("Deployment", "mloc-api")["spec"]["template"]["spec"]["containers"]
+    return {e["name"]: e.get("value", e.get("valueFrom")) for e in container["env"]}
+
+
+def test_facade_serves_mloc_api_on_its_service_port() -> None:
+    deployment, service = k8s_object("Deployment", "mloc-api"), k8s_object("Service", "mloc-api")
+    pod = deployment["spec"]["template"]["spec"]
+    [container] = pod["containers"]
+    assert container["args"][:2] == ["mloc", "api"] and "0.0.0.0" in container["args"]
+    port = container["args"][container["args"].index("--port") + 1]
+    assert container["ports"] == [{"name": "http", "containerPort": int(port)}]
+    assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]
+    assert service["spec"]["ports"][0]["targetPort"] == "http"
+    # it needs no Kubernetes API: its own account, no token
+    assert pod["serviceAccountName"] == "mloc-api" and pod["automountServiceAccountToken"] is False
+    assert k8s_object("ServiceAccount", "mloc-api")["automountServiceAccountToken"] is False
+    assert pod["securityContext"]["runAsNonRoot"] is True
+
+
+def test_facade_takes_its_token_and_the_database_from_secrets_by_name() -> None:
+    import yaml
+
+    from work_pools import base_job_template, pools
+
+    env = _facade_env()
+    server = yaml.safe_load((INFRA / "helm" / "prefect-server-values.yaml").read_text())
+    assert env["MLOC_API_TOKEN"] == {"secretKeyRef": {"name": "mloc-api-token", "key": "token"}}
+    # /stats reads the server's own database: the secret the server chart reads
+    assert env["MLOC_USAGE_SOURCE"] == "database"
+    assert env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] == {
+        "secretKeyRef": {"name": server["secret"]["name"], "key": "connection-string"}
+    }
+    assert env["PREFECT_API_URL"].startswith("http://prefect-server.mloc.svc.cluster.local:4200/")
+    runbook = (INFRA / "README.md").read_text()
+    assert "create secret generic mloc-api-token" in runbook and "--from-literal=token=" not in runbook
+    # ...and no flow-run pod can reach it: they run users' code
+    for pool in pools():
+        assert server["secret"]["name"] not in str(base_job_template(pool)), pool.name

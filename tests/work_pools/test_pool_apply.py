@@ -93,3 +93,36 @@ def test_a_pool_of_another_type_stops_the_apply_before_any_write(
             client.read_work_pool("any-gpu")  # first in order, yet not created
     finally:
         client.delete_work_pool("clash-test")
+
+
+def test_cli_apply_also_schedules_the_daily_usage_report(client: SyncPrefectClient) -> None:
+    """`mloc pools apply` is the one command that sets a server up: the pools and the daily
+    usage report (issue: usage accounting, §3), both idempotent."""
+    from typer.testing import CliRunner
+
+    from flows.cli import app
+
+    with contextlib.suppress(ObjectNotFound):  # the session's server is shared: start from no deployment
+        client.delete_deployment(client.read_deployment_by_name("mloc-usage-report/daily").id)
+
+    def pools_apply(*args: str) -> list[str]:
+        result = CliRunner().invoke(app, ["pools", "apply", *args])
+        assert result.exit_code == 0, result.output
+        return result.stdout.splitlines()
+
+    first = pools_apply()
+    assert first[-1] == "created   mloc-usage-report/daily -> work pool cpu, schedule 0 1 * * * (UTC)"
+    assert first[:-1] == [f"created   {p.name} ({p.kind})" for p in pools()]
+    daily = client.read_deployment_by_name("mloc-usage-report/daily")
+    assert (daily.work_pool_name, daily.entrypoint) == ("cpu", "flows.usage.usage_report_flow")
+    assert [(s.schedule.cron, s.schedule.timezone, s.active) for s in daily.schedules] == [("0 1 * * *", "UTC", True)]
+
+    again = pools_apply()
+    assert all(line.startswith("unchanged ") for line in again), again
+    assert client.read_deployment_by_name("mloc-usage-report/daily").updated == daily.updated
+
+    moved = pools_apply("--local", "--usage-cron", "30 2 * * *", "--usage-timezone", "Europe/Berlin")
+    assert moved[-1] == "updated   mloc-usage-report/daily -> work pool local, schedule 30 2 * * * (Europe/Berlin)"
+    daily = client.read_deployment_by_name("mloc-usage-report/daily")
+    assert (daily.work_pool_name, daily.work_queue_name) == ("local", "cpu")  # every `mloc worker` serves cpu
+    assert [(s.schedule.cron, s.schedule.timezone) for s in daily.schedules] == [("30 2 * * *", "Europe/Berlin")]
