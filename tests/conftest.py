@@ -6,6 +6,7 @@ import os
 import socket
 from collections.abc import Callable, Iterator
 from pathlib import Path
+from typing import Any
 
 import pytest
 
@@ -49,6 +50,26 @@ def s3_endpoint() -> Iterator[str]:
         yield f"http://127.0.0.1:{port}"
     finally:
         server.stop()
+
+
+@pytest.fixture
+def s3_block(prefect_server: None, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch) -> tuple[str, Any]:
+    """A bucket on the moto server and a saved AwsCredentials block reaching it, both named
+    the returned name, plus a boto3 client of the bucket's own. The worker's own chain is
+    emptied: only the block knows where the store is (boto3 would otherwise try real AWS)."""
+    import uuid
+
+    import boto3
+    from prefect_aws import AwsCredentials
+
+    for var in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
+        monkeypatch.delenv(var, raising=False)
+    name = f"mloc-s3-{uuid.uuid4().hex[:8]}"
+    keys = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
+    AwsCredentials(**keys, aws_client_parameters={"endpoint_url": s3_endpoint}).save(name)
+    client = boto3.client("s3", endpoint_url=s3_endpoint, **keys)
+    client.create_bucket(Bucket=name)
+    return name, client
 
 
 @pytest.fixture

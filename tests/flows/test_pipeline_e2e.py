@@ -11,30 +11,14 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from configs import TrainingTask, validate_text
-from tasks.registry import TASK_TYPES
+from configs import TrainingTask
+from tests.quickstart_task import quickstart_task as quickstart
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
-
-
-def quickstart(edit: dict[str, Any] | None = None) -> TrainingTask:
-    """The quickstart task, with parts of its spec replaced."""
-    data = yaml.safe_load((CONFIGS / "quickstart.yaml").read_text())
-    for dotted, value in (edit or {}).items():
-        *parents, last = dotted.split(".")
-        node = data
-        for part in parents:
-            node = node[part]
-        node[last] = value
-    result = validate_text(yaml.safe_dump(data), "quickstart.yaml", TASK_TYPES)
-    assert result.task is not None, [i.format() for i in result.issues]
-    assert isinstance(result.task, TrainingTask)
-    return result.task
 
 
 def run(task: TrainingTask) -> Any:

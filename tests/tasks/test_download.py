@@ -562,20 +562,9 @@ def test_full_jitter_stays_under_the_cap() -> None:
 
 
 @pytest.mark.slow
-def test_s3_with_an_aws_credentials_block(
-    prefect_server: None, s3_endpoint: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
-    import boto3
-    from prefect_aws import AwsCredentials
-
-    # Only the block knows where the store is: boto3's default chain would try real AWS here.
-    for name in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.delenv(name, raising=False)
-    name = f"mloc-{uuid.uuid4().hex[:12]}"
-    keys = {"aws_access_key_id": "testing", "aws_secret_access_key": "testing", "region_name": "us-east-1"}
-    boto3.client("s3", endpoint_url=s3_endpoint, **keys).create_bucket(Bucket=name)
-    boto3.client("s3", endpoint_url=s3_endpoint, **keys).put_object(Bucket=name, Key="m/config.json", Body=b"{}")
-    AwsCredentials(**keys, aws_client_parameters={"endpoint_url": s3_endpoint}).save(name)
+def test_s3_with_an_aws_credentials_block(s3_block: tuple[str, Any], tmp_path: Path) -> None:
+    name, client = s3_block
+    client.put_object(Bucket=name, Key="m/config.json", Body=b"{}")
 
     fetched = fetch(s3_source(name, "m", credentials_block=name), kind="model", base_dir=tmp_path, cache_dir=tmp_path)
 

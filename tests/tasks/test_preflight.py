@@ -6,11 +6,10 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from configs import TrainingTask, validate_text
+from configs import TrainingTask
 from tasks.preflight import PreflightError, missing_target_modules, preflight, weight_names
-from tasks.registry import TASK_TYPES
+from tests.quickstart_task import quickstart_task
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 MODEL = CONFIGS / "quickstart" / "tiny-model"
@@ -21,17 +20,9 @@ INPUTS = {
 
 
 def task(tmp_path: Path, **edits: Any) -> TrainingTask:
-    data = yaml.safe_load((CONFIGS / "quickstart.yaml").read_text())
-    data["spec"]["output"]["destination"] = {"type": "local", "path": str(tmp_path / "out")}
-    for dotted, value in edits.items():
-        *parents, last = dotted.split("__")
-        node = data
-        for part in parents:
-            node = node[part]
-        node[last] = value
-    result = validate_text(yaml.safe_dump(data), "quickstart.yaml", TASK_TYPES)
-    assert isinstance(result.task, TrainingTask), [i.format() for i in result.issues]
-    return result.task
+    """The quickstart, its output under tmp_path, with edits given as spec__model__...=value."""
+    destination = {"spec.output.destination": {"type": "local", "path": str(tmp_path / "out")}}
+    return quickstart_task(destination | {key.replace("__", "."): value for key, value in edits.items()})
 
 
 def test_the_quickstart_passes(tmp_path: Path) -> None:
@@ -64,12 +55,10 @@ def test_qlora_on_a_cpu_is_refused_not_switched(tmp_path: Path) -> None:
 
     if torch.cuda.is_available():
         pytest.skip("this worker has a CUDA GPU; the refusal is for CPU workers")
-    data = yaml.safe_load((CONFIGS / "quickstart.yaml").read_text())
-    data["spec"]["model"]["adapter"]["type"] = "qlora"
-    data["spec"]["resources"]["hardware"]["gpu"] = {"type": "any", "count": 1}  # the task asks for a GPU...
-    data["spec"]["output"]["destination"] = {"type": "local", "path": str(tmp_path / "out")}
-    qlora = validate_text(yaml.safe_dump(data), "x.yaml", TASK_TYPES).task
-    assert isinstance(qlora, TrainingTask)
+    # the task asks for a GPU...
+    qlora = task(
+        tmp_path, spec__model__adapter__type="qlora", spec__resources__hardware__gpu={"type": "any", "count": 1}
+    )
     with pytest.raises(PreflightError, match="needs a CUDA GPU"):  # ...but this worker has none
         preflight(qlora, INPUTS, CONFIGS)
 

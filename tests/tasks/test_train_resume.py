@@ -8,12 +8,11 @@ from pathlib import Path
 from typing import Any
 
 import pytest
-import yaml
 
-from configs import TrainingTask, validate_text
+from configs import TrainingTask
 from tasks.child import ChildError
-from tasks.registry import TASK_TYPES
 from tasks.train import last_checkpoint, run_training
+from tests.quickstart_task import quickstart_task
 
 pytestmark = pytest.mark.slow
 
@@ -21,11 +20,12 @@ CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 
 
 def small_task() -> TrainingTask:
-    data = yaml.safe_load((CONFIGS / "quickstart.yaml").read_text())
-    data["spec"]["hyperparameters"].update(max_steps=30, save_steps=10, logging_steps=5)
-    result = validate_text(yaml.safe_dump(data), "quickstart.yaml", TASK_TYPES)
-    assert isinstance(result.task, TrainingTask)
-    return result.task
+    return quickstart_task(
+        {
+            f"spec.hyperparameters.{key}": value
+            for key, value in {"max_steps": 30, "save_steps": 10, "logging_steps": 5}.items()
+        }
+    )
 
 
 def test_killed_training_resumes_from_last_checkpoint(tmp_path: Path) -> None:

@@ -303,30 +303,9 @@ def test_s3_retries_transient_errors_only(
 
 
 @pytest.mark.slow
-def test_s3_with_an_aws_credentials_block(
-    tmp_path: Path, prefect_server: None, s3_endpoint: str, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_s3_with_an_aws_credentials_block(tmp_path: Path, s3_block: tuple[str, Any]) -> None:
     """The block's keys and endpoint are used; the worker's own chain would reach no S3 at all."""
-    import boto3
-    from prefect_aws import AwsCredentials
-
-    for var in ("AWS_ENDPOINT_URL", "AWS_ACCESS_KEY_ID", "AWS_SECRET_ACCESS_KEY"):
-        monkeypatch.delenv(var, raising=False)
-    name = f"mloc-s3-{uuid.uuid4().hex[:8]}"
-    AwsCredentials(
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-        aws_client_parameters={"endpoint_url": s3_endpoint},
-    ).save(name)
-    direct = boto3.client(
-        "s3",
-        endpoint_url=s3_endpoint,
-        aws_access_key_id="testing",
-        aws_secret_access_key="testing",
-        region_name="us-east-1",
-    )
-    direct.create_bucket(Bucket=name)
+    name, direct = s3_block
     destination = S3Destination.model_validate({"type": "s3", "bucket": name, "path": "out", "credentials_block": name})
 
     check_writable(destination, base_dir=tmp_path)
