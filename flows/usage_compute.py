@@ -117,7 +117,7 @@ def compute(
     query |= {"start_date": start_date.isoformat(), "end_date": end_date.isoformat()}
     report: dict[str, Any] = {
         "query_parameters": query,
-        "total_gpu_hours": round(sum(by["gpu"].values()), DECIMALS),
+        "total_gpu_hours": round(float(sum(by["gpu"].values())), DECIMALS),
         "total_tasks_completed": completed,
         "breakdown_by_gpu": _rounded(by["gpu"]),
         "breakdown_by_user": _rounded(by["user"]),

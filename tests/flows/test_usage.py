@@ -140,6 +140,7 @@ def test_cpu_runs_add_no_gpu_hours_and_no_breakdown_keys() -> None:
     cpu = record("COMPLETED", at(1, 1), at(1, 9), gpu=None, owner="carol")
     report = compute([cpu], start_date=SEP1, end_date=SEP1, now=NOW)
     assert report["total_gpu_hours"] == 0 and report["total_tasks_completed"] == 1
+    assert json.dumps(report["total_gpu_hours"]) == "0.0"  # a number of hours, the same type with or without runs
     assert report["breakdown_by_gpu"] == report["breakdown_by_user"] == {}
 
 
@@ -482,6 +483,9 @@ def test_cli_json_and_csv(scenario: tuple[str, list[str]], tmp_path: Path) -> No
     as_json = mloc(*query, "--json")
     assert as_json.exit_code == 0, as_json.output
     assert json.loads(as_json.stdout) == usage_report(project=f"usage-test-{tag}", start_date=SEP1, end_date=SEP2)
+    from_db = mloc(*query, "--json", "--source", "database")
+    assert from_db.exit_code == 0, from_db.output
+    assert json.loads(from_db.stdout) == json.loads(as_json.stdout)
     card = tmp_path / "rates.json"
     card.write_text(json.dumps({A100: 2.0, H100: 3.0, L40S: 1.0}))
     as_csv = mloc(*query, "--csv", "--rate-card", str(card))
@@ -503,6 +507,7 @@ def test_cli_json_and_csv(scenario: tuple[str, list[str]], tmp_path: Path) -> No
         (["--start", "2025-13-01"], "--start '2025-13-01' is not a date: use YYYY-MM-DD"),
         (["--start", "2025-09-02", "--end", "2025-09-01"], "--end 2025-09-01 is before --start 2025-09-02"),
         (["--json", "--csv"], "--json and --csv exclude each other"),
+        (["--start", "2025-09-01", "--source", "db"], "source 'db' is not one of api, database"),
         (["--start", "2025-09-01", "--rate-card", "/nonexistent/rates.json"], "rate card /nonexistent/rates.json"),
     ],
 )
