@@ -39,6 +39,40 @@ def prefect_server() -> Iterator[None]:
 
 
 @pytest.fixture(scope="session")
+def postgres_url() -> Iterator[str]:
+    """A real PostgreSQL server on a loopback port, started from the system's PostgreSQL
+    binaries (.ci/run installs Debian's postgresql when they are missing) in a fresh data
+    directory, with trust auth and nothing in it; yields an asyncpg URL of its database."""
+    import glob
+    import shutil
+    import subprocess
+    import tempfile
+
+    found = shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))[-1:]), None)
+    if found is None:
+        pytest.skip("no PostgreSQL server binaries (initdb) on this machine; .ci/run installs them")
+    bin_dir = Path(found).resolve().parent
+    as_user: list[str] = []
+    data = Path(tempfile.mkdtemp(prefix="mloc-pg-"))
+    if os.geteuid() == 0:  # PostgreSQL refuses to run as root
+        as_user = ["runuser", "-u", "postgres", "--"]
+        shutil.chown(data, "postgres", "postgres")
+    port = free_port()
+
+    def pg(*args: str) -> None:
+        subprocess.run([*as_user, *args], check=True, capture_output=True, timeout=120)
+
+    pg(str(bin_dir / "initdb"), "-D", str(data / "db"), "-U", "postgres", "--auth=trust", "-E", "UTF8")
+    options = f"-p {port} -k {data} -c listen_addresses=127.0.0.1 -c fsync=off"
+    pg(str(bin_dir / "pg_ctl"), "-D", str(data / "db"), "-o", options, "-l", str(data / "log"), "-w", "start")
+    try:
+        yield f"postgresql+asyncpg://postgres@127.0.0.1:{port}/postgres"
+    finally:
+        pg(str(bin_dir / "pg_ctl"), "-D", str(data / "db"), "-m", "fast", "-w", "stop")
+        shutil.rmtree(data, ignore_errors=True)
+
+
+@pytest.fixture(scope="session")
 def s3_endpoint() -> Iterator[str]:
     """A real S3 endpoint on loopback: moto's server, spoken to over HTTP with boto3."""
     from moto.server import ThreadedMotoServer
