@@ -156,7 +156,8 @@ def deploy(
 ) -> None:
     """Register each task as the Prefect deployment mloc/<name> on the work pool of its GPU type.
 
-    Every file is validated and matched to a pool first: if any fails, nothing is registered.
+    Every file is validated, checked to be of a taskType this version runs, and matched to a
+    pool first: if any fails, nothing is registered.
     Re-deploying an unchanged task changes nothing, so its scheduled runs stay as they were.
     """
     from configs import expand_paths
@@ -171,7 +172,15 @@ def deploy(
             failed = True
             continue
         from flows.deploy import plan
+        from tasks.registry import runnable
 
+        if not runnable(task.spec.task_type):
+            # its deployment would only queue runs that fail at once on the worker
+            typer.echo(
+                f"FAIL  {file}: taskType '{task.spec.task_type}' cannot be run by this MLOC version yet", err=True
+            )
+            failed = True
+            continue
         try:
             plans.append(plan(task, file, local=local))
         except PoolError as exc:

@@ -165,7 +165,7 @@ def test_deploy_then_prefect_runs_it_on_a_worker(server: dict[str, str], tmp_pat
     assert latest["manifest"] == f"{version_dir.as_uri()}/mloc-manifest.json"
 
 
-def test_a_task_no_pool_can_run_is_refused_and_nothing_is_registered(server: dict[str, str], tmp_path: Path) -> None:
+def test_a_task_that_cannot_run_is_refused_and_nothing_is_registered(server: dict[str, str], tmp_path: Path) -> None:
     env = server
     text = (CONFIGS / "sft_mistral_7b.yaml").read_text()
     too_many = tmp_path / "too-many.yaml"
@@ -174,8 +174,11 @@ def test_a_task_no_pool_can_run_is_refused_and_nothing_is_registered(server: dic
     )
     fine = tmp_path / "fine.yaml"
     fine.write_text(text.replace("name: sft-mistral-7b-on-dolly", "name: fine-but-not-alone"))
-    refused = cli(env, "mloc", "deploy", str(fine), str(too_many))
+    # valid, but of a taskType this version validates and cannot run yet
+    not_yet = CONFIGS / "dpo_mistral_ultrafeedback.yaml"
+    refused = cli(env, "mloc", "deploy", str(fine), str(too_many), str(not_yet))
     assert refused.returncode == 1
     assert "too-many.yaml" in refused.stderr and "64" in refused.stderr and "nothing was deployed" in refused.stderr
+    assert f"{not_yet}: taskType 'dpo' cannot be run by this MLOC version yet" in refused.stderr
     names = [d["name"] for d in api(env, "POST", "/deployments/filter", {})]
-    assert "fine-but-not-alone" not in names and "too-many-gpus" not in names
+    assert not {"fine-but-not-alone", "too-many-gpus", "dpo-mistral-7b-ultrafeedback"} & set(names)
