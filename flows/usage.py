@@ -277,7 +277,8 @@ def usage_report_flow(
 # --- the daily deployment ---------------------------------------------------------------------
 
 
-def _wanted(cron: str, timezone: str, pool: str) -> dict[str, Any]:
+def daily_deployment(cron: str, timezone: str, pool: str) -> dict[str, Any]:
+    """What mloc-usage-report/daily should say, in deploy.deployment_fields' shape."""
     return {
         "work_pool_name": pool,
         # on the local process pool every `mloc worker` serves the cpu queue
@@ -299,7 +300,7 @@ def schedule_daily(client: Any, cron: str = "0 1 * * *", timezone: str = "UTC", 
     from prefect.exceptions import ObjectNotFound
     from prefect.utilities.callables import parameter_schema
 
-    wanted = _wanted(cron, timezone, pool)
+    wanted = daily_deployment(cron, timezone, pool)
     try:
         existing = client.read_deployment_by_name(f"{REPORT_FLOW_NAME}/{DEPLOYMENT_NAME}")
     except ObjectNotFound:

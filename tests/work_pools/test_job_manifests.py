@@ -193,3 +193,18 @@ def test_process_pool_is_prefects_own() -> None:
     local = pool_named("local")
     assert base_job_template(local) == ProcessWorker.get_default_base_job_template()
     assert job_variables(sample_task("nvidia-a100-80gb", 4), local) == {}
+
+
+def test_the_daily_usage_report_renders_on_the_cpu_pool_with_its_defaults() -> None:
+    """mloc-usage-report/daily sets no job variables (flows.usage.schedule_daily): the cpu
+    pool's defaults alone must make a valid Job, one that asks for no GPU and gets no
+    database credentials (it reads the usage through the API)."""
+    from flows.usage import daily_deployment
+    from work_pools import cpu_pool
+
+    wanted = daily_deployment("0 1 * * *", "UTC", cpu_pool().name)
+    manifest = render(cpu_pool(), wanted["job_variables"])
+    validate(manifest)
+    [container] = manifest["spec"]["template"]["spec"]["containers"]
+    assert "nvidia.com/gpu" not in json.dumps(container["resources"])
+    assert "mloc-prefect-db" not in json.dumps(manifest)
