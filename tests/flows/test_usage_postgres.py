@@ -12,12 +12,20 @@ migrations built its schema.
 from __future__ import annotations
 
 import asyncio
-from collections.abc import Iterator
+import contextlib
+import os
+import signal
+import subprocess
+import time
+from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
+from pathlib import Path
 
+import httpx
 import pytest
 
 from flows.usage_compute import compute
+from tests.flows.api_server import BIN, get, serving, subprocess_env
 from tests.flows.usage_runs import SEP1, SEP2, create_runs, project_report, server_runs
 
 pytestmark = pytest.mark.slow
@@ -60,3 +68,59 @@ def test_the_database_source_reads_postgresql(postgres: str) -> None:
     # the window's edges on timestamptz: the next day alone
     third = report(project=f"usage-test-{tag}", first=date(2025, 9, 3), last=date(2025, 9, 3))
     assert third["total_gpu_hours"] == pytest.approx(3 * 4 + 24 * 6 + 4, abs=1e-6)
+
+
+@pytest.fixture(scope="module")
+def prefect_on_postgres(
+    postgres: str, port_picker: Callable[[], int], tmp_path_factory: pytest.TempPathFactory
+) -> Iterator[str]:
+    """`prefect server start` on the PostgreSQL database, as infra/helm runs it; yields its API URL."""
+    home = tmp_path_factory.mktemp("prefect-pg")
+    port = port_picker()
+    url = f"http://127.0.0.1:{port}/api"
+    env = subprocess_env(url, home, PREFECT_SERVER_DATABASE_CONNECTION_URL=postgres)
+    del env["PREFECT_API_URL"]  # the server's own process needs none
+    log = home / "server.log"
+    with log.open("wb") as out:
+        proc = subprocess.Popen(
+            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
+            env=env,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            assert proc.poll() is None, f"prefect server exited:\n{log.read_text()}"
+            with contextlib.suppress(httpx.TransportError):
+                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
+                    break
+            assert time.monotonic() < deadline, f"prefect server did not answer in 180 s:\n{log.read_text()}"
+            time.sleep(0.5)
+        yield url
+    finally:
+        os.killpg(proc.pid, signal.SIGTERM)
+        proc.wait(timeout=60)
+
+
+@pytest.mark.parametrize("source", ["api", "database"])
+def test_stats_as_deployed_server_and_facade_on_postgresql(
+    source: str, prefect_on_postgres: str, postgres: str, port_picker: Callable[[], int], tmp_path: Path
+) -> None:
+    """The cluster's topology (infra/): Prefect's server on PostgreSQL, `mloc api` answering
+    /stats through the server's API or straight from its database — the same hand-computed
+    figures either way, and the check that the database is the server's passes."""
+    tag = f"pg-{source}"
+    create_runs(server_runs(tag))
+    env = {"MLOC_USAGE_SOURCE": source}
+    if source == "database":
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = postgres
+    with serving(prefect_on_postgres, port_picker(), tmp_path, **env) as app:
+        response = get(
+            f"{app.url}/api/v1/stats",
+            params={"project": f"usage-test-{tag}", "start_date": "2025-09-01", "end_date": "2025-09-02"},
+            headers=app.auth(),
+        )
+    assert response.status_code == 200, response.text
+    assert response.json() == project_report(tag)
