@@ -305,7 +305,9 @@ def api(
     Every request needs 'Authorization: Bearer <token>'.
     The token: MLOC_API_TOKEN, else the Prefect Secret block named in MLOC_API_TOKEN_BLOCK; with neither it does not start.
 
-    Deployments and runs go to the Prefect API of PREFECT_API_URL.
+    Deployments and runs go to the Prefect API of PREFECT_API_URL. /stats reads runs through
+    it too, or, with MLOC_USAGE_SOURCE=database, straight from the server's database
+    (PREFECT_SERVER_DATABASE_CONNECTION_URL): much faster over many runs.
     /docs lists the endpoints (open: no data).
 
     Put it behind TLS: a bearer token sent over plain HTTP can be read on the way.
@@ -321,9 +323,12 @@ def api(
         # without it Prefect would start a throwaway embedded server that no worker ever polls
         typer.echo("mloc api: PREFECT_API_URL is not set — point it at the Prefect server the workers use", err=True)
         raise typer.Exit(2)
+    from flows.usage import choose_source
+
     try:
         token, source = resolve_token()
-    except TokenError as exc:
+        usage_source = choose_source()
+    except (TokenError, ValueError) as exc:
         typer.echo(f"mloc api: {exc}", err=True)
         raise typer.Exit(2) from None
     import uvicorn
@@ -331,7 +336,14 @@ def api(
     from flows.api import create_app
 
     shown = urlsplit(api_url)._replace(netloc=urlsplit(api_url).netloc.rpartition("@")[2]).geturl()  # no userinfo
-    typer.echo(f"mloc api: http://{host}:{port}/api/v1 (docs: /docs), Prefect API {shown}, token from {source}")
+    if usage_source == "database":
+        from flows.usage_db import database_shown
+
+        usage_source = f"database {database_shown()}"
+    typer.echo(
+        f"mloc api: http://{host}:{port}/api/v1 (docs: /docs), Prefect API {shown}, token from {source}, "
+        f"/stats from the {usage_source}"
+    )
     uvicorn.run(create_app(token), host=host, port=port)
 
 

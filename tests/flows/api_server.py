@@ -89,3 +89,5 @@ def serving(prefect_url: str, port: int, home: Path, **extra_env: str) -> Iterat
     output = log.read_text()
     assert "token from env MLOC_API_TOKEN" in output and "GET /api/v1/" in output  # it did log, and...
     assert token not in output  # ...never the token
+    source = extra_env.get("MLOC_USAGE_SOURCE", "api")
+    assert f"/stats from the {source}" in output

@@ -323,6 +323,18 @@ def test_mloc_api_refuses_to_start_without_a_token(prefect_url: str, tmp_path: P
     assert "MLOC_API_TOKEN" in started.stderr and "MLOC_API_TOKEN_BLOCK" in started.stderr
 
 
+def test_mloc_api_refuses_to_start_with_an_unknown_usage_source(prefect_url: str, tmp_path: Path) -> None:
+    started = subprocess.run(
+        [str(BIN / "mloc"), "api", "--port", "1"],
+        env=subprocess_env(prefect_url, tmp_path, MLOC_API_TOKEN="t" * 32, MLOC_USAGE_SOURCE="postgres"),
+        capture_output=True,
+        text=True,
+        timeout=60,
+    )
+    assert started.returncode == 2, started.stdout + started.stderr
+    assert "MLOC_USAGE_SOURCE 'postgres' is not one of api, database" in started.stderr
+
+
 def test_the_token_can_come_from_a_secret_block(prefect_url: str) -> None:
     from prefect.blocks.system import Secret
 

@@ -533,3 +533,14 @@ def test_cli_says_when_the_api_cannot_be_read(port_picker: Any) -> None:
         result = mloc("--start", "2025-09-01")
     assert result.exit_code == 1
     assert "mloc usage: cannot read runs from the Prefect API" in result.stderr
+
+
+def test_the_database_is_named_without_its_password() -> None:
+    from prefect.settings import PREFECT_API_DATABASE_CONNECTION_URL, temporary_settings
+
+    from flows.usage_db import database_shown
+
+    url = "postgresql+asyncpg://prefect:s3cret@db.example:5432/prefect"
+    with temporary_settings({PREFECT_API_DATABASE_CONNECTION_URL: url}):
+        shown = database_shown()
+    assert "s3cret" not in shown and shown == "postgresql+asyncpg://prefect:***@db.example:5432/prefect"
