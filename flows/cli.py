@@ -336,13 +336,14 @@ def api(
     from flows.api import create_app
 
     shown = urlsplit(api_url)._replace(netloc=urlsplit(api_url).netloc.rpartition("@")[2]).geturl()  # no userinfo
+    stats_from = usage_source
     if usage_source == "database":
         from flows.usage_db import database_shown
 
-        usage_source = f"database {database_shown()}"
+        stats_from = f"database {database_shown()}"
     typer.echo(
         f"mloc api: http://{host}:{port}/api/v1 (docs: /docs), Prefect API {shown}, token from {source}, "
-        f"/stats from the {usage_source}"
+        f"/stats from the {stats_from}"
     )
     uvicorn.run(create_app(token), host=host, port=port)
 
