@@ -336,7 +336,7 @@ def api(
     from flows.api import create_app
 
     shown = urlsplit(api_url)._replace(netloc=urlsplit(api_url).netloc.rpartition("@")[2]).geturl()  # no userinfo
-    stats_from = usage_source
+    stats_from: str = usage_source
     if usage_source == "database":
         from flows.usage_db import database_shown
 
