@@ -25,6 +25,7 @@ import httpx
 import pytest
 
 from flows.usage_compute import compute
+from tests.conftest import ROOT
 from tests.flows.api_server import BIN, get, serving, subprocess_env
 from tests.flows.usage_runs import SEP1, SEP2, create_runs, project_report, server_runs
 
@@ -104,18 +105,75 @@ def prefect_on_postgres(
         proc.wait(timeout=60)
 
 
+@pytest.fixture(scope="module")
+def usage_role(postgres: str) -> str:
+    """The read-only role infra/README.md has the facade read with, made by the runbook's own
+    SQL; yields its connection URL."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    runbook = (ROOT / "infra" / "README.md").read_text()
+    sql = runbook.split("<<'SQL'\n", 1)[1].split("\nSQL\n", 1)[0]
+    assert "GRANT SELECT ON flow, flow_run TO mloc_usage" in sql
+    password = "usage-test-password"
+    url = make_url(postgres)
+    statements = [
+        s.strip().replace(":'pw'", f"'{password}'").replace("DATABASE prefect", f"DATABASE {url.database}")
+        for s in sql.split(";")
+        if s.strip()
+    ]
+
+    async def run() -> None:
+        conn = await asyncpg.connect(host=url.host, port=url.port, user=url.username, database=url.database)
+        try:
+            for statement in statements:
+                await conn.execute(statement)
+        finally:
+            await conn.close()
+
+    asyncio.run(run())
+    return url.set(username="mloc_usage", password=password).render_as_string(hide_password=False)
+
+
+def test_the_usage_role_reads_only_what_the_report_needs(usage_role: str) -> None:
+    """It can run the report's SELECT, and nothing else of Prefect's: no other table, no write."""
+    import asyncpg
+    from sqlalchemy.engine import make_url
+
+    url = make_url(usage_role)
+
+    async def run() -> list[str]:
+        conn = await asyncpg.connect(
+            host=url.host, port=url.port, user=url.username, password=url.password, database=url.database
+        )
+        refused = []
+        try:
+            await conn.fetch("SELECT id, tags, state_type, start_time, end_time FROM flow_run LIMIT 1")
+            for statement in ("SELECT * FROM block_document LIMIT 1", "DELETE FROM flow_run", "DROP TABLE flow"):
+                try:
+                    await conn.execute(statement)
+                except asyncpg.InsufficientPrivilegeError:
+                    refused.append(statement)
+        finally:
+            await conn.close()
+        return refused
+
+    assert len(asyncio.run(run())) == 3
+
+
 @pytest.mark.parametrize("source", ["api", "database"])
 def test_stats_as_deployed_server_and_facade_on_postgresql(
-    source: str, prefect_on_postgres: str, postgres: str, port_picker: Callable[[], int], tmp_path: Path
+    source: str, prefect_on_postgres: str, usage_role: str, port_picker: Callable[[], int], tmp_path: Path
 ) -> None:
     """The cluster's topology (infra/): Prefect's server on PostgreSQL, `mloc api` answering
-    /stats through the server's API or straight from its database — the same hand-computed
-    figures either way, and the check that the database is the server's passes."""
+    /stats through the server's API or straight from its database as the runbook's
+    read-only role — the same hand-computed figures either way, and the check that the
+    database is the server's passes."""
     tag = f"pg-{source}"
     create_runs(server_runs(tag))
     env = {"MLOC_USAGE_SOURCE": source}
     if source == "database":
-        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = postgres
+        env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = usage_role
     with serving(prefect_on_postgres, port_picker(), tmp_path, **env) as app:
         response = get(
             f"{app.url}/api/v1/stats",

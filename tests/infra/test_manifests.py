@@ -246,14 +246,18 @@ def test_facade_takes_its_token_and_the_database_from_secrets_by_name() -> None:
     env = _facade_env()
     server = yaml.safe_load((INFRA / "helm" / "prefect-server-values.yaml").read_text())
     assert env["MLOC_API_TOKEN"] == {"secretKeyRef": {"name": "mloc-api-token", "key": "token"}}
-    # /stats reads the server's own database: the secret the server chart reads
+    # /stats reads the server's database, as a read-only role of its own: not the server's secret
     assert env["MLOC_USAGE_SOURCE"] == "database"
     assert env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] == {
-        "secretKeyRef": {"name": server["secret"]["name"], "key": "connection-string"}
+        "secretKeyRef": {"name": "mloc-usage-db", "key": "connection-string"}
     }
+    assert server["secret"]["name"] != "mloc-usage-db"
     assert env["PREFECT_API_URL"].startswith("http://prefect-server.mloc.svc.cluster.local:4200/")
     runbook = (INFRA / "README.md").read_text()
     assert "create secret generic mloc-api-token" in runbook and "--from-literal=token=" not in runbook
-    # ...and no flow-run pod can reach it: they run users' code
+    assert "create secret generic mloc-usage-db" in runbook
+    assert "GRANT SELECT ON flow, flow_run TO mloc_usage" in runbook
+    # ...and no flow-run pod can reach either database secret: they run users' code
     for pool in pools():
-        assert server["secret"]["name"] not in str(base_job_template(pool)), pool.name
+        for secret in (server["secret"]["name"], "mloc-usage-db"):
+            assert secret not in str(base_job_template(pool)), pool.name
