@@ -91,3 +91,15 @@ def serving(prefect_url: str, port: int, home: Path, **extra_env: str) -> Iterat
     assert token not in output  # ...never the token
     source = extra_env.get("MLOC_USAGE_SOURCE", "api")
     assert f"/stats from the {source}" in output
+
+
+def september_stats(prefect_url: str, port: int, home: Path, project: str, **env: str) -> Any:
+    """GET /api/v1/stats of ``project`` over 2025-09-01..02 from a fresh `mloc api` started with ``env``."""
+    with serving(prefect_url, port, home, **env) as app:
+        response = get(
+            f"{app.url}/api/v1/stats",
+            params={"project": project, "start_date": "2025-09-01", "end_date": "2025-09-02"},
+            headers=app.auth(),
+        )
+    assert response.status_code == 200, response.text
+    return response.json()

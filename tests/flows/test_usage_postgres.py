@@ -26,7 +26,7 @@ import pytest
 
 from flows.usage_compute import compute
 from tests.conftest import ROOT
-from tests.flows.api_server import BIN, get, serving, subprocess_env
+from tests.flows.api_server import BIN, september_stats, subprocess_env
 from tests.flows.usage_runs import SEP1, SEP2, create_runs, project_report, server_runs
 
 pytestmark = pytest.mark.slow
@@ -174,11 +174,5 @@ def test_stats_as_deployed_server_and_facade_on_postgresql(
     env = {"MLOC_USAGE_SOURCE": source}
     if source == "database":
         env["PREFECT_SERVER_DATABASE_CONNECTION_URL"] = usage_role
-    with serving(prefect_on_postgres, port_picker(), tmp_path, **env) as app:
-        response = get(
-            f"{app.url}/api/v1/stats",
-            params={"project": f"usage-test-{tag}", "start_date": "2025-09-01", "end_date": "2025-09-02"},
-            headers=app.auth(),
-        )
-    assert response.status_code == 200, response.text
-    assert response.json() == project_report(tag)
+    stats = september_stats(prefect_on_postgres, port_picker(), tmp_path, f"usage-test-{tag}", **env)
+    assert stats == project_report(tag)
