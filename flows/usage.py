@@ -44,7 +44,7 @@ from prefect import flow, get_run_logger
 from flows import usage_output
 from flows.deploy import deployment_fields
 from flows.pipeline import FLOW_NAME
-from flows.usage_compute import RunRecord, check_rate_card, compute, window
+from flows.usage_compute import RunRecord, check_rate_card, compute, records, window
 from flows.worker import LOCAL_POOL, queue_for
 
 __all__ = [
@@ -110,14 +110,11 @@ def read_runs(
 
 
 def _records(runs: Iterator[dict[str, Any]], skipped: list[str] | None) -> Iterator[RunRecord]:
-    for run in runs:
-        record = RunRecord.from_tags(
-            run["id"], run["tags"], run["state_type"] or "UNKNOWN", _time(run["start_time"]), _time(run["end_time"])
-        )
-        if record is not None:
-            yield record
-        elif skipped is not None:
-            skipped.append(run["id"])
+    rows = (
+        (run["id"], run["tags"], run["state_type"] or "UNKNOWN", _time(run["start_time"]), _time(run["end_time"]))
+        for run in runs
+    )
+    return records(rows, skipped)
 
 
 def _time(text: str | None) -> datetime | None:

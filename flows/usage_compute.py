@@ -6,7 +6,7 @@ The rules it implements are written once, in flows/usage.py's docstring.
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
 from dataclasses import dataclass
 from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
@@ -64,6 +64,19 @@ class RunRecord:
             start_time=start_time,
             end_time=end_time,
         )
+
+
+def records(
+    rows: Iterable[tuple[str, Iterable[str], str, datetime | None, datetime | None]], skipped: list[str] | None = None
+) -> Iterator[RunRecord]:
+    """RunRecords of (id, tags, state type, start, end) rows, whichever source read them;
+    the id of a row whose MLOC tags are missing or contradictory goes to ``skipped``."""
+    for run_id, tags, state_type, start_time, end_time in rows:
+        record = RunRecord.from_tags(run_id, tags, state_type, start_time, end_time)
+        if record is not None:
+            yield record
+        elif skipped is not None:
+            skipped.append(run_id)
 
 
 def window(start_date: date, end_date: date) -> tuple[datetime, datetime]:

@@ -27,7 +27,7 @@ from datetime import date
 from typing import Any, TypeVar
 
 from flows.pipeline import FLOW_NAME
-from flows.usage_compute import RunRecord, window
+from flows.usage_compute import RunRecord, records, window
 
 T = TypeVar("T")
 
@@ -48,14 +48,7 @@ def read_runs(
     ``flows.usage.read_runs`` reads through the API. Ids of runs whose MLOC tags are
     missing or contradictory are appended to ``skipped``."""
     rows = _sync(_select(user, project, start_date, end_date))
-    records = []
-    for run_id, tags, state_type, start_time, end_time in rows:
-        record = RunRecord.from_tags(str(run_id), tags, state_type.value, start_time, end_time)
-        if record is not None:
-            records.append(record)
-        elif skipped is not None:
-            skipped.append(str(run_id))
-    return records
+    return list(records(((str(i), tags, state.value, start, end) for i, tags, state, start, end in rows), skipped))
 
 
 def check_same_server(client: Any) -> None:
