@@ -9,6 +9,11 @@ from pydantic import BaseModel, ConfigDict, Field, field_validator, model_valida
 from configs.errors import choice_hint
 from configs.gpus import ANY_GPU, GPU_TYPE_NAMES, gpu_type
 
+# The images the pools' flow runs start in (infra/docker/, built and pushed per infra/README.md).
+# One place to raise the tag on an MLOC release.
+CPU_IMAGE = "ghcr.io/mloc/worker-cpu:0.1.0"
+CUDA_IMAGE = "ghcr.io/mloc/worker-cuda:0.1.0"
+
 
 class PoolDefinition(BaseModel):
     """One Prefect work pool: which GPUs its jobs get, from which image, how many runs at once."""

@@ -228,6 +228,9 @@ def test_facade_serves_mloc_api_on_its_service_port() -> None:
     pod = deployment["spec"]["template"]["spec"]
     [container] = pod["containers"]
     assert container["args"][:2] == ["mloc", "api"] and "0.0.0.0" in container["args"]
+    from work_pools import cpu_pool
+
+    assert container["image"] == cpu_pool().image  # the image MLOC is installed in, at its version
     port = container["args"][container["args"].index("--port") + 1]
     assert container["ports"] == [{"name": "http", "containerPort": int(port)}]
     assert service["spec"]["selector"] == deployment["spec"]["selector"]["matchLabels"]

@@ -1,4 +1,4 @@
-from work_pools.pool_definition import PoolDefinition
+from work_pools.pool_definition import CUDA_IMAGE, PoolDefinition
 
 POOL = PoolDefinition(
     name="nvidia-a10g",
@@ -6,7 +6,7 @@ POOL = PoolDefinition(
     gpu_type="nvidia-a10g",
     # g5.12xlarge/24xlarge carry 4; raise to 8 where g5.48xlarge nodes join the pool
     gpus_per_node=4,
-    image="ghcr.io/mloc/worker-cuda:0.1.0",
+    image=CUDA_IMAGE,
     concurrency_limit=8,
     description="Kubernetes Jobs on NVIDIA A10G 24GB nodes (up to 4 GPUs per node).",
 )
