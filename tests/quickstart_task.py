@@ -13,6 +13,15 @@ from configs import TrainingTask, validate_text
 from tasks.registry import TASK_TYPES
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+# the tags flows.pipeline.run_tags puts on every run of the quickstart task
+QUICKSTART_TAGS = {
+    "owner:quickstart",
+    "project:mloc-quickstart",
+    "task-type:sft",
+    "gpu:none",
+    "gpu-count:0",
+    "replicas:1",
+}
 
 
 def quickstart_task(edits: Mapping[str, Any] | None = None) -> TrainingTask:

@@ -13,6 +13,7 @@ from typing import Any
 import pytest
 
 from configs import TrainingTask
+from tests.quickstart_task import QUICKSTART_TAGS
 from tests.quickstart_task import quickstart_task as quickstart
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -52,14 +53,7 @@ def test_quickstart_end_to_end(prefect_server: None, tmp_path: Path, monkeypatch
 
     flow_run, task_runs, artifacts = read_flow_run(state.state_details.flow_run_id)
     assert flow_run.name == "quickstart-tiny-sft"
-    assert {
-        "owner:quickstart",
-        "project:mloc-quickstart",
-        "task-type:sft",
-        "gpu:none",
-        "gpu-count:0",
-        "replicas:1",
-    } <= set(flow_run.tags)
+    assert set(flow_run.tags) >= QUICKSTART_TAGS
     names = {r.name for r in task_runs}
     assert names == {"download", "preflight", "evaluate-before", "train", "evaluate-after", "upload"}
     assert all(r.state.is_completed() for r in task_runs)
