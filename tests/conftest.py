@@ -48,7 +48,7 @@ def postgres_url() -> Iterator[str]:
     import subprocess
     import tempfile
 
-    found = shutil.which("initdb") or next(iter(sorted(glob.glob("/usr/lib/postgresql/*/bin/initdb"))[-1:]), None)
+    found = shutil.which("initdb") or max(glob.glob("/usr/lib/postgresql/*/bin/initdb"), default=None)
     if found is None:
         pytest.skip("no PostgreSQL server binaries (initdb) on this machine; .ci/run installs them")
     bin_dir = Path(found).resolve().parent
