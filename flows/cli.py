@@ -30,6 +30,24 @@ app = typer.Typer(
 EXIT_VALID, EXIT_INVALID, EXIT_UNREADABLE = 0, 1, 2
 
 
+def _version(value: bool) -> None:
+    if value:
+        from importlib.metadata import version
+
+        typer.echo(f"mloc {version('mloc')}")
+        raise typer.Exit()
+
+
+@app.callback()
+def _options(
+    show_version: Annotated[
+        bool,
+        typer.Option("--version", callback=_version, is_eager=True, help="Print MLOC's version and exit."),
+    ] = False,
+) -> None:
+    """MLOC turns a task.yaml into a Prefect flow that trains, evaluates and uploads LLMs on GPU work pools."""
+
+
 @app.command()
 def validate(
     paths: Annotated[list[Path], typer.Argument(help="task.yaml files, or folders to search for *.yaml / *.yml.")],
@@ -137,7 +155,9 @@ def _summary(state: State[Any]) -> None:
             f"  {role + ':':10} {got['identifier']} @ {got['revision'][:12]} ({got['downloaded_files']} file(s) downloaded)"
         )
     trained = out["training"]
-    typer.echo(f"  training:  {trained['global_step']} steps, train loss {trained['train_loss']}")
+    loss = trained["train_loss"]
+    shown = f", train loss {loss:.4g}" if loss is not None else ""
+    typer.echo(f"  training:  {trained['global_step']} steps{shown}")
     if "eval_loss" in metrics:
         typer.echo(
             f"  eval loss: {metrics.get('eval_loss_before', float('nan')):.4f} before -> {metrics['eval_loss']:.4f} after"
@@ -189,16 +209,68 @@ def deploy(
     if failed or not plans:
         typer.echo("nothing was deployed.", err=True)
         raise typer.Exit(EXIT_INVALID)
+    import httpx
     from prefect import get_client
+    from prefect.exceptions import ObjectNotFound
 
     from flows.deploy import apply
+    from flows.pipeline import FLOW_NAME
 
-    with get_client(sync_client=True) as client:
-        for p in plans:
-            action = apply(p, client)
-            when = f", schedule {p.schedules[0][0]} ({p.schedules[0][1]})" if p.schedules else ""
-            typer.echo(f"{action:9} mloc/{p.name} -> work pool {p.pool.name}{when}")
-    typer.echo("run one with: prefect deployment run 'mloc/<name>'")
+    api_url = _server_or_exit("mloc deploy")
+    try:
+        with get_client(sync_client=True) as client:
+            missing = []
+            for pool in sorted({p.pool.name for p in plans}):
+                try:
+                    client.read_work_pool(pool)
+                except ObjectNotFound:
+                    missing.append(pool)
+            if missing:
+                typer.echo(
+                    f"mloc deploy: work pool(s) {', '.join(missing)} do not exist on the Prefect server at {api_url}"
+                    " — run `mloc pools apply` first; nothing was deployed.",
+                    err=True,
+                )
+                raise typer.Exit(EXIT_INVALID)
+            for p in plans:
+                action = apply(p, client)
+                when = f", schedule {p.schedules[0][0]} ({p.schedules[0][1]})" if p.schedules else ""
+                queue = f" (queue {p.work_queue})" if p.work_queue else ""
+                typer.echo(f"{action:9} {FLOW_NAME}/{p.name} -> work pool {p.pool.name}{queue}{when}")
+    except httpx.HTTPError as exc:
+        typer.echo(f"mloc deploy: cannot reach the Prefect server at {api_url}: {exc} — is it running?", err=True)
+        raise typer.Exit(EXIT_UNREADABLE) from None
+    for p in plans:
+        typer.echo(f"run it with: prefect deployment run '{FLOW_NAME}/{p.name}'")
+    for pool in sorted({p.pool.name for p in plans}):
+        typer.echo(f"its runs wait until a worker polls work pool '{pool}': {_worker_hint(pool)}")
+
+
+def _server_or_exit(command: str) -> str:
+    """PREFECT_API_URL, shown without credentials; without one, a clear exit instead of a throwaway server."""
+    from urllib.parse import urlsplit
+
+    from prefect.settings import get_current_settings
+
+    url = get_current_settings().api.url
+    if not url:
+        # Prefect would start a temporary server for this one command: what it registers there no worker sees
+        typer.echo(
+            f"{command}: PREFECT_API_URL is not set — point it at the Prefect server your workers poll, e.g. "
+            "`prefect server start` and `export PREFECT_API_URL=http://127.0.0.1:4200/api`; nothing was changed.",
+            err=True,
+        )
+        raise typer.Exit(EXIT_UNREADABLE)
+    parts = urlsplit(url)
+    return parts._replace(netloc=parts.netloc.rpartition("@")[2]).geturl()
+
+
+def _worker_hint(pool: str) -> str:
+    from flows.worker import LOCAL_POOL
+
+    if pool == LOCAL_POOL:
+        return "start one with `mloc worker` on the machine that should run them"
+    return f"on a cluster, the Helm release prefect-worker-{pool} (infra/README.md, step 7)"
 
 
 pools_app = typer.Typer(help="The work pools: one per GPU type, plus cpu, any-gpu and local.", no_args_is_help=True)
@@ -225,6 +297,7 @@ def pools_apply(
     from work_pools import apply, cpu_pool
 
     pool = LOCAL_POOL if local else cpu_pool().name
+    _server_or_exit("mloc pools apply")
     with get_client(sync_client=True) as client:
         for line in apply(client):
             typer.echo(line)
@@ -312,17 +385,9 @@ def api(
 
     Put it behind TLS: a bearer token sent over plain HTTP can be read on the way.
     """
-    from urllib.parse import urlsplit
-
-    from prefect.settings import get_current_settings
-
     from flows.api_token import TokenError, resolve_token
 
-    api_url = get_current_settings().api.url
-    if not api_url:
-        # without it Prefect would start a throwaway embedded server that no worker ever polls
-        typer.echo("mloc api: PREFECT_API_URL is not set — point it at the Prefect server the workers use", err=True)
-        raise typer.Exit(2)
+    shown = _server_or_exit("mloc api")
     from flows.usage import choose_source
 
     try:
@@ -335,7 +400,6 @@ def api(
 
     from flows.api import create_app
 
-    shown = urlsplit(api_url)._replace(netloc=urlsplit(api_url).netloc.rpartition("@")[2]).geturl()  # no userinfo
     stats_from: str = usage_source
     if usage_source == "database":
         from flows.usage_db import database_shown

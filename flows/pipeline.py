@@ -1,8 +1,8 @@
 """The pipeline flow: one generic, importable Prefect flow that runs any validated task.
 
-download → preflight → evaluate (before) → train → evaluate (after) → upload, each a
-Prefect task run with its logs; results are published as Prefect artifacts. The flow
-is named ``mloc``, so a deployment of a task is ``mloc/<metadata.name>``.
+preflight-hardware → download → preflight → evaluate (before) → train → evaluate (after) →
+upload, each a Prefect task run with its logs; results are published as Prefect artifacts.
+The flow is named ``mloc``, so a deployment of a task is ``mloc/<metadata.name>``.
 """
 
 from __future__ import annotations
@@ -93,6 +93,12 @@ def download_step(task_: TrainingTask, base_dir: Path) -> dict[str, dict[str, An
     return fetched
 
 
+@task(name="preflight-hardware", task_run_name="preflight-hardware", cache_policy=NO_CACHE)
+def hardware_step(task_: TrainingTask) -> None:
+    for note in preflight.hardware(task_):
+        get_run_logger().info(note)
+
+
 @task(name="preflight", task_run_name="preflight", cache_policy=NO_CACHE)
 def preflight_step(task_: TrainingTask, inputs: dict[str, dict[str, Any]], base_dir: Path) -> None:
     for note in preflight.preflight(task_, inputs, base_dir):
@@ -138,7 +144,7 @@ def train_step(task_: TrainingTask, inputs: dict[str, dict[str, Any]], workdir: 
     def on_event(event: dict[str, Any]) -> None:
         if event["event"] != "progress" or not event.get("max_steps"):
             return
-        percent = 100.0 * event["step"] / event["max_steps"]
+        percent = min(100.0, 100.0 * event["step"] / event["max_steps"])
         # throttled: a step can take milliseconds, and every update is an API call
         if percent >= 100.0 or (time.monotonic() - last["at"] > 2.0 and percent > last["shown"]):
             update_progress_artifact(artifact, progress=percent)
@@ -183,6 +189,7 @@ def pipeline(task: Task, base_dir: str = ".", task_yaml_sha256: str | None = Non
         )
     _tag_this_run(run_tags(task_))
     root = Path(base_dir).resolve()
+    hardware_step(task_)  # before the download: a 7B model is 14 GB to fetch for a run that cannot start
     inputs = download_step(task_, root)
     preflight_step(task_, inputs, root)
     # a fresh work dir whenever the task or its inputs change; a re-run of the same resumes

@@ -87,13 +87,19 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ").strip()[:200]
 
 
+def _shown(value: float | None) -> float | None:
+    """A metric as people read it: 4 significant digits (the exact value is in eval.json and the manifest)."""
+    return None if value is None else float(f"{value:.4g}")
+
+
 def publish(task: TrainingTask, results: dict[str, Any]) -> None:
     """Prefect artifacts: a table of metrics and a markdown report."""
     from prefect.artifacts import create_markdown_artifact, create_table_artifact
 
     before, after = results["before"] or {}, results["after"] or {}
     rows = [
-        {"metric": name, "before": before.get(name), "after": after.get(name)} for name in ("eval_loss", "perplexity")
+        {"metric": name, "before": _shown(before.get(name)), "after": _shown(after.get(name))}
+        for name in ("eval_loss", "perplexity")
     ]
     name = task.metadata.name
     create_table_artifact(rows, key=f"{name}-eval", description=f"Held-out evaluation of {name}")

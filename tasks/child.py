@@ -48,7 +48,9 @@ def run_child(
     job_path.write_text(json.dumps(job, indent=1))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen(
-        [sys.executable, "-m", "tasks.child", str(job_path)],
+        # -P: `-m` would put the working directory first on sys.path, and a user's folder named
+        # configs/ or tasks/ (the natural names for task files) would then shadow MLOC's own code
+        [sys.executable, "-P", "-m", "tasks.child", str(job_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -95,6 +97,11 @@ def _stop(proc: subprocess.Popen[str]) -> None:
 
 def main(argv: list[str]) -> int:
     """Child side: load the job and run its step."""
+    import warnings
+
+    # peft 0.21 reads PreTrainedModel.is_gradient_checkpointing, which transformers 5 deprecated:
+    # a warning in every run's log that no task.yaml can act on
+    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
     from configs import TrainingTask
     from configs.validate import load_task_data
 

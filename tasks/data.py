@@ -26,8 +26,10 @@ class DataError(ValueError):
 
 def load_rows(path: str, source_type: str, split: str = "train", subset: str | None = None) -> Dataset:
     """All rows of one split. Local and S3 datasets are JSON lines, JSON, CSV or Parquet files."""
-    from datasets import load_dataset
+    from datasets import disable_progress_bars, load_dataset
 
+    # a terminal bar written to a flow run's (or a worker's) stdout is noise in its logs
+    disable_progress_bars()
     root = Path(path)
     if source_type == "huggingface":
         return load_dataset(str(root), name=subset, split=split)

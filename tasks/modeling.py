@@ -18,6 +18,13 @@ def cuda_available() -> bool:
     return bool(torch.cuda.is_available())
 
 
+def cuda_device_count() -> int:
+    """The CUDA GPUs this process sees (what CUDA_VISIBLE_DEVICES and the pod's GPU limit leave)."""
+    import torch
+
+    return int(torch.cuda.device_count()) if torch.cuda.is_available() else 0
+
+
 def lora_config(adapter: LoraAdapter, task_type: str = "CAUSAL_LM") -> Any:
     from peft import LoraConfig
 

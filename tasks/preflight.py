@@ -1,9 +1,10 @@
-"""Checks that run after download and before any training, in seconds.
+"""Checks that run before any training, in seconds.
 
-Each finds a mistake that would otherwise surface minutes (or GPU-hours) later:
-template columns missing from the dataset, LoRA target modules missing from the model,
-QLoRA on a worker without CUDA, an output destination that cannot be written.
-All problems are collected and reported together.
+Each finds a mistake that would otherwise surface minutes (or GPU-hours) later. Before the
+download (:func:`hardware`): GPUs the worker lacks, QLoRA or vLLM without CUDA. After it
+(:func:`preflight`): template columns missing from the dataset, LoRA target modules missing
+from the model, an output destination that cannot be written. All problems of a stage are
+collected and reported together.
 """
 
 from __future__ import annotations
@@ -63,10 +64,39 @@ def check_columns(task: TrainingTask, columns: list[str]) -> list[str]:
     return problems
 
 
+def hardware(task: TrainingTask) -> list[str]:
+    """What the task asks of this worker's hardware, checked before anything is downloaded (a
+    7B model is 14 GB): raises PreflightError listing every problem; returns notes."""
+    from tasks.evaluate import BackendError, choose_backend
+    from tasks.modeling import HardwareError, cuda_device_count, quantization_config
+
+    problems: list[str] = []
+    gpu = task.spec.resources.hardware.gpu
+    visible = cuda_device_count()
+    if gpu.count > visible:
+        asked = f"{gpu.count} × {gpu.type}" if gpu.type else f"{gpu.count} GPU(s)"
+        problems.append(
+            f"spec.resources.hardware.gpu asks for {asked}, but this worker has {visible} CUDA GPU(s) — "
+            "run it on a worker that has them (`mloc deploy` sends it to its GPU type's pool), "
+            "or lower gpu.count"
+        )
+    try:
+        quantization_config(task.spec.model.adapter)
+    except HardwareError as exc:
+        problems.append(str(exc))
+    if task.spec.evaluation.enabled:
+        try:
+            choose_backend(task.spec.evaluation.backend)
+        except BackendError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise PreflightError(problems)
+    return [f"hardware: {visible} CUDA GPU(s) for {gpu.count} asked"]
+
+
 def preflight(task: TrainingTask, inputs: dict[str, dict[str, Any]], base_dir: Path) -> list[str]:
     """Raises PreflightError listing every problem; returns notes on what was checked."""
     from tasks.data import DataError, load_rows
-    from tasks.modeling import HardwareError, quantization_config
     from tasks.registry import module_for
     from tasks.upload import UploadError, check_writable
 
@@ -99,10 +129,6 @@ def preflight(task: TrainingTask, inputs: dict[str, dict[str, Any]], base_dir: P
                     f"spec.model.adapter.target_modules: {', '.join(missing)} not found in the model — "
                     f"its layers have: {', '.join(linear[:20])}, or use 'all-linear'"
                 )
-    try:
-        quantization_config(adapter)
-    except HardwareError as exc:
-        problems.append(str(exc))
     try:
         check_writable(task.spec.output.destination, base_dir=base_dir)
         notes.append("output destination is writable")

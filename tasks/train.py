@@ -58,6 +58,33 @@ def last_checkpoint(directory: Path) -> Path | None:
     return max(found)[1] if found else None
 
 
+def checkpoint_step(checkpoint: Path) -> tuple[int, int]:
+    """(global_step, max_steps) a checkpoint was written at."""
+    state = json.loads((checkpoint / "trainer_state.json").read_text())
+    return int(state.get("global_step", 0)), int(state.get("max_steps", 0))
+
+
+def completed_result(task: TrainingTask, workdir: Path) -> TrainResult | None:
+    """The result of a training this work dir already finished, if its files are all still there.
+
+    The work dir is keyed by the task and its inputs' hashes, so a result found here is the
+    training this run would do again.
+    """
+    path = workdir / "train-result.json"
+    if not path.is_file():
+        return None
+    try:
+        result = TrainResult(**json.loads(path.read_text()))
+    except (ValueError, TypeError):  # half-written or from another MLOC version: train again
+        return None
+    wanted = [result.final_dir, result.state_file]
+    if task.spec.model.adapter is not None and "full_model" in task.spec.output.artifacts:
+        wanted.append(result.merged_dir or "")
+    if result.global_step < result.max_steps or not all(w and Path(w).exists() for w in wanted):
+        return None
+    return result
+
+
 def run_training(
     task: TrainingTask,
     inputs: dict[str, dict[str, Any]],
@@ -65,11 +92,24 @@ def run_training(
     on_line: Callable[[str], None],
     on_event: Callable[[dict[str, Any]], None],
 ) -> TrainResult:
-    """Train in a child process, resuming from the last complete checkpoint."""
+    """Train in a child process, resuming from the last complete checkpoint; a training this
+    work dir already completed is not run again."""
+    done = completed_result(task, workdir)
+    if done is not None:
+        on_line(
+            f"training already completed in {workdir} (step {done.global_step}/{done.max_steps}): "
+            "reusing its result, not training again"
+        )
+        on_event({"event": "progress", "step": done.global_step, "max_steps": done.max_steps})
+        return done
     out = output_dir(task, workdir)
     resume = last_checkpoint(out)
     if resume is not None:
-        on_line(f"resuming from {resume.name}")
+        step, max_steps = checkpoint_step(resume)
+        if max_steps and step >= max_steps:
+            on_line(f"{resume.name} is the last step ({step}/{max_steps}): saving it as the result, not training again")
+        else:
+            on_line(f"resuming from {resume.name} (step {step}/{max_steps})")
     job = {
         "step": "train",
         "task": task.model_dump(mode="json", by_alias=True),
@@ -99,6 +139,21 @@ def trainer_arguments(task: TrainingTask, job: dict[str, Any]) -> dict[str, Any]
         "disable_tqdm": True,  # progress goes to Prefect as events, not as terminal bars
         "use_cpu": not cuda_available(),
     }
+
+
+def fit(trainer: Any, job: dict[str, Any]) -> None:
+    """``trainer.train()``, resuming from ``job["resume_from"]``; a checkpoint written at the
+    last step is loaded as it is, since resuming from it would train one step past max_steps."""
+    resume = job.get("resume_from")
+    if resume:
+        step, max_steps = checkpoint_step(Path(resume))
+        if max_steps and step >= max_steps:
+            from transformers.trainer_callback import TrainerState
+
+            trainer._load_from_checkpoint(resume)  # the trainer's own loader: full weights or the adapter
+            trainer.state = TrainerState.load_from_json(str(Path(resume) / "trainer_state.json"))
+            return
+    trainer.train(resume_from_checkpoint=resume)
 
 
 def report_to_parent(trainer: Any) -> None:
@@ -144,7 +199,11 @@ def finish(trainer: Any, tokenizer: Any, task: TrainingTask, job: dict[str, Any]
         merged_dir = out / "merged"
         merge_adapter(job["model_path"], str(final_dir), str(merged_dir))
         tokenizer.save_pretrained(str(merged_dir))
-    losses = [h["train_loss"] for h in trainer.state.log_history if "train_loss" in h]
+    # train_loss is the mean over the whole training, logged at its end; a result saved from the
+    # last checkpoint has only the logged step losses
+    losses = [h["train_loss"] for h in trainer.state.log_history if "train_loss" in h] or [
+        h["loss"] for h in trainer.state.log_history if "loss" in h
+    ]
     result = TrainResult(
         global_step=trainer.state.global_step,
         max_steps=trainer.state.max_steps,

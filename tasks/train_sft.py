@@ -7,6 +7,7 @@ on the completion only. `spec.hyperparameters` are fields of `trl.SFTConfig`.
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 from configs import TaskTypeInfo, TrainingTask
@@ -36,7 +37,7 @@ def train(task: TrainingTask, job: dict[str, Any]) -> None:
 
     from tasks.data import examples
     from tasks.modeling import load_tokenizer, lora_config, quantization_config
-    from tasks.train import finish, report_to_parent, trainer_arguments
+    from tasks.train import finish, fit, report_to_parent, trainer_arguments
 
     train_rows, _ = examples(task, job["dataset_path"], job["dataset_source_type"])
     tokenizer = load_tokenizer(job["model_path"])
@@ -53,6 +54,7 @@ def train(task: TrainingTask, job: dict[str, Any]) -> None:
         peft_config=lora_config(adapter) if adapter else None,
     )
     report_to_parent(trainer)
-    print(f"training {len(train_rows)} examples, resuming from {job['resume_from'] or 'scratch'}", flush=True)
-    trainer.train(resume_from_checkpoint=job["resume_from"])
+    start = f"resuming from {Path(job['resume_from']).name}" if job["resume_from"] else "from the start"
+    print(f"training on {len(train_rows)} examples, {start}", flush=True)
+    fit(trainer, job)
     finish(trainer, tokenizer, task, job)

@@ -100,6 +100,25 @@ def scheduled_runs(env: dict[str, str], deployment_id: str) -> list[str]:
     return sorted(r["id"] for r in runs if r["auto_scheduled"])
 
 
+def test_deploy_needs_a_server_and_its_pools(server: dict[str, str], tmp_path: Path) -> None:
+    """Without PREFECT_API_URL, or before `mloc pools apply`: a clear message, no traceback, nothing registered."""
+    task_file = quickstart_copy(tmp_path, schedule=False)
+    no_server = {k: v for k, v in server.items() if k != "PREFECT_API_URL"} | {"PREFECT_HOME": str(tmp_path / "p")}
+    refused = cli(no_server, "mloc", "deploy", "--local", str(task_file))
+    assert refused.returncode == 2, refused.stdout + refused.stderr
+    assert "PREFECT_API_URL is not set" in refused.stderr and "nothing was changed" in refused.stderr
+    assert "Traceback" not in refused.stderr and "temporary server" not in refused.stdout + refused.stderr
+    pools_refused = cli(no_server, "mloc", "pools", "apply")
+    assert pools_refused.returncode == 2 and "PREFECT_API_URL is not set" in pools_refused.stderr
+
+    # this module's server has no pools until the next test applies them
+    no_pool = cli(server, "mloc", "deploy", "--local", str(task_file))
+    assert no_pool.returncode == 1, no_pool.stdout + no_pool.stderr
+    assert "work pool(s) local do not exist on the Prefect server" in no_pool.stderr
+    assert "run `mloc pools apply` first" in no_pool.stderr and "Traceback" not in no_pool.stderr
+    assert not api(server, "POST", "/deployments/filter", {})
+
+
 def test_deploy_then_prefect_runs_it_on_a_worker(server: dict[str, str], tmp_path: Path) -> None:
     env = server
     applied = cli(env, "mloc", "pools", "apply")
@@ -108,7 +127,9 @@ def test_deploy_then_prefect_runs_it_on_a_worker(server: dict[str, str], tmp_pat
 
     deployed = cli(env, "mloc", "deploy", "--local", str(task_file))
     assert deployed.returncode == 0, deployed.stdout + deployed.stderr
-    assert "created   mloc/quickstart-tiny-sft -> work pool local" in deployed.stdout
+    assert "created   mloc/quickstart-tiny-sft -> work pool local (queue cpu)" in deployed.stdout
+    assert "run it with: prefect deployment run 'mloc/quickstart-tiny-sft'" in deployed.stdout
+    assert "a worker polls work pool 'local': start one with `mloc worker`" in deployed.stdout
     deployment = api(env, "GET", "/deployments/name/mloc/quickstart-tiny-sft")
     assert deployment["work_pool_name"] == "local" and deployment["work_queue_name"] == "cpu"
     assert {"owner:quickstart", "task-type:sft", "gpu:none"} <= set(deployment["tags"])

@@ -55,7 +55,15 @@ def test_quickstart_end_to_end(prefect_server: None, tmp_path: Path, monkeypatch
     assert flow_run.name == "quickstart-tiny-sft"
     assert set(flow_run.tags) >= QUICKSTART_TAGS
     names = {r.name for r in task_runs}
-    assert names == {"download", "preflight", "evaluate-before", "train", "evaluate-after", "upload"}
+    assert names == {
+        "preflight-hardware",
+        "download",
+        "preflight",
+        "evaluate-before",
+        "train",
+        "evaluate-after",
+        "upload",
+    }
     assert all(r.state.is_completed() for r in task_runs)
     keys = {a.key for a in artifacts}
     assert {"quickstart-tiny-sft-progress", "quickstart-tiny-sft-eval", "quickstart-tiny-sft-report"} <= keys
@@ -85,6 +93,30 @@ def test_quickstart_end_to_end(prefect_server: None, tmp_path: Path, monkeypatch
     weights = load_file(str(out / "adapter" / "adapter_model.safetensors"))
     lora_b = [w for name, w in weights.items() if "lora_B" in name]
     assert lora_b and all(abs(w).max() > 0 for w in lora_b)
+
+
+def test_qlora_on_a_cpu_worker_is_refused_before_the_download(prefect_server: None, tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this worker has a CUDA GPU; the refusal is for CPU workers")
+    task = quickstart(
+        {
+            "spec.model.adapter.type": "qlora",
+            "spec.resources.hardware.gpu": {"type": "any", "count": 1},
+            "spec.output.destination": {"type": "local", "path": str(tmp_path / "out")},
+        }
+    )
+    state = run(task)
+    assert state.is_failed()
+    _, task_runs, _ = read_flow_run(state.state_details.flow_run_id)
+    assert [r.name for r in task_runs] == ["preflight-hardware"], (
+        "nothing may be downloaded for a run that cannot start"
+    )
+    [check] = task_runs
+    assert check.state.is_failed()
+    message = str(state.result(raise_on_failure=False))
+    assert "this worker has 0 CUDA GPU(s)" in message and "QLoRA" in message and "needs a CUDA GPU" in message
 
 
 def test_s3_inputs_and_outputs_and_a_second_run_downloads_nothing(
@@ -127,23 +159,33 @@ def test_s3_inputs_and_outputs_and_a_second_run_downloads_nothing(
     assert again["model"]["revision"] == inputs["model"]["revision"]
 
 
-def test_the_readme_main_command(tmp_path: Path) -> None:
-    """`mloc run` on the quickstart, as the README's `make run` does: an embedded Prefect, offline, a CPU."""
+def test_the_readme_main_command_in_a_users_configs_folder(tmp_path: Path) -> None:
+    """`mloc run configs/quickstart.yaml`, as the README's `make run` does (an embedded Prefect,
+    offline, a CPU), from a user's folder whose task files live in configs/: the name of MLOC's
+    own package, which the training and evaluation children must not import instead of it."""
     import os
+    import re
+    import shutil
     import subprocess
     import sys
 
-    text = (CONFIGS / "quickstart.yaml").read_text()
-    text = text.replace("path: quickstart/", f"path: {CONFIGS}/quickstart/")
-    text = text.replace("path: ../.mloc/outputs/quickstart-tiny-sft", f"path: {tmp_path}/out")
-    (tmp_path / "quickstart.yaml").write_text(text)
+    project = tmp_path / "project"
+    (project / "configs").mkdir(parents=True)
+    shutil.copy(CONFIGS / "quickstart.yaml", project / "configs")
+    shutil.copytree(CONFIGS / "quickstart", project / "configs" / "quickstart")
     env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     env.update(MLOC_HOME=str(tmp_path / "home"), PREFECT_HOME=str(tmp_path / "prefect"), HF_HUB_OFFLINE="1")
     mloc = Path(sys.executable).parent / "mloc"
     proc = subprocess.run(
-        [str(mloc), "run", str(tmp_path / "quickstart.yaml")], env=env, capture_output=True, text=True, timeout=900
+        [str(mloc), "run", "configs/quickstart.yaml"], cwd=project, env=env, capture_output=True, text=True, timeout=900
     )
+    out = proc.stdout + proc.stderr
     assert proc.returncode == 0, proc.stdout[-4000:] + proc.stderr[-4000:]
     assert "on an embedded local Prefect server" in proc.stdout
-    assert ": Completed" in proc.stdout and f"outputs:   file://{tmp_path}/out" in proc.stdout
-    assert (tmp_path / "out" / "mloc-manifest.json").is_file()
+    published = project / ".mloc" / "outputs" / "quickstart-tiny-sft"
+    assert ": Completed" in proc.stdout and f"outputs:   {published.as_uri()}" in proc.stdout
+    assert (published / "mloc-manifest.json").is_file()
+    # for people: rounded figures, no terminal progress bars, no warnings nobody can act on
+    assert re.search(r"training:  60 steps, train loss \d\.\d{1,3}\n", proc.stdout), proc.stdout[-800:]
+    assert "Generating train split" not in out and "examples/s]" not in out
+    assert "FutureWarning" not in out and "from scratch" not in out

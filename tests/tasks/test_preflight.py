@@ -8,7 +8,7 @@ from typing import Any
 import pytest
 
 from configs import TrainingTask
-from tasks.preflight import PreflightError, missing_target_modules, preflight, weight_names
+from tasks.preflight import PreflightError, hardware, missing_target_modules, preflight, weight_names
 from tests.quickstart_task import quickstart_task
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -59,8 +59,28 @@ def test_qlora_on_a_cpu_is_refused_not_switched(tmp_path: Path) -> None:
     qlora = task(
         tmp_path, spec__model__adapter__type="qlora", spec__resources__hardware__gpu={"type": "any", "count": 1}
     )
-    with pytest.raises(PreflightError, match="needs a CUDA GPU"):  # ...but this worker has none
-        preflight(qlora, INPUTS, CONFIGS)
+    with pytest.raises(PreflightError) as info:  # ...but this worker has none
+        hardware(qlora)
+    assert len(info.value.problems) == 2
+    assert "asks for 1 × any, but this worker has 0 CUDA GPU(s)" in info.value.problems[0]
+    assert "needs a CUDA GPU" in info.value.problems[1]
+
+
+def test_gpus_the_worker_lacks_and_vllm_without_cuda_are_refused(tmp_path: Path) -> None:
+    import torch
+
+    if torch.cuda.is_available():
+        pytest.skip("this worker has a CUDA GPU; the refusals are for CPU workers")
+    four = task(
+        tmp_path,
+        spec__resources__hardware__gpu={"type": "nvidia-a100-80gb", "count": 4},
+        spec__evaluation__backend="vllm",
+    )
+    with pytest.raises(PreflightError) as info:
+        hardware(four)
+    assert "asks for 4 × nvidia-a100-80gb, but this worker has 0 CUDA GPU(s)" in info.value.problems[0]
+    assert "evaluation.backend is 'vllm'" in info.value.problems[1]
+    assert hardware(task(tmp_path)) == ["hardware: 0 CUDA GPU(s) for 0 asked"]
 
 
 def test_module_names_come_from_the_safetensors_header() -> None:

@@ -48,10 +48,43 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path: Path) -> None:
     assert checkpoint is not None and checkpoint.name == "checkpoint-10"
 
     lines.clear()
-    result = run_training(task, inputs, tmp_path, lines.append, lambda event: None)
-    assert "resuming from checkpoint-10" in lines
+    events: list[dict[str, Any]] = []
+    result = run_training(task, inputs, tmp_path, lines.append, events.append)
+    assert "resuming from checkpoint-10 (step 10/30)" in lines
     assert result.resumed_from is not None and result.resumed_from.endswith("checkpoint-10")
     assert result.global_step == result.max_steps == 30
+    assert all(e["step"] <= e["max_steps"] for e in events if e["event"] == "progress")
+
+
+def test_a_finished_training_is_not_trained_again(tmp_path: Path) -> None:
+    """A re-run of a completed task reuses its result; one whose result was lost after the last
+    checkpoint saves that checkpoint, and neither trains past max_steps."""
+    task = quickstart_task({"spec.hyperparameters.max_steps": 8, "spec.hyperparameters.save_steps": 4})
+    inputs = {
+        "model": {"path": str(CONFIGS / "quickstart" / "tiny-model")},
+        "dataset": {"path": str(CONFIGS / "quickstart" / "qa.jsonl"), "source_type": "local"},
+    }
+    first = run_training(task, inputs, tmp_path, lambda line: None, lambda event: None)
+    assert first.global_step == first.max_steps == 8
+
+    lines: list[str] = []
+    events: list[dict[str, Any]] = []
+    again = run_training(task, inputs, tmp_path, lines.append, events.append)
+    assert again == first
+    assert [line for line in lines if "already completed" in line] == [
+        f"training already completed in {tmp_path} (step 8/8): reusing its result, not training again"
+    ]
+    assert not any(line.startswith("step ") for line in lines), "the trainer ran again"
+    assert events == [{"event": "progress", "step": 8, "max_steps": 8}]
+
+    # killed after writing checkpoint-8 and before its result: resuming would train step 9 of 8
+    (tmp_path / "train-result.json").unlink()
+    lines.clear()
+    saved = run_training(task, inputs, tmp_path, lines.append, lambda event: None)
+    assert "checkpoint-8 is the last step (8/8): saving it as the result, not training again" in lines
+    assert saved.global_step == saved.max_steps == 8
+    assert not any(line.startswith("step 9") for line in lines), lines
+    assert (Path(saved.final_dir) / "adapter_model.safetensors").is_file()
 
 
 def test_a_half_written_checkpoint_is_not_resumed_from(tmp_path: Path) -> None:
