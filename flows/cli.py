@@ -425,6 +425,9 @@ def usage(
     rate_card: Annotated[
         Path | None, typer.Option("--rate-card", help='A JSON file of cost per GPU-hour: {"nvidia-a100-80gb": 2.5}.')
     ] = None,
+    currency: Annotated[
+        str, typer.Option(help="The currency of the rate card's numbers, a code such as USD or EUR.")
+    ] = "USD",
     source: Annotated[
         str | None,
         typer.Option(
@@ -445,6 +448,7 @@ def usage(
 
     from flows import usage_output
     from flows.usage import choose_source, load_rate_card, usage_report, yesterday_utc
+    from flows.usage_compute import check_currency
     from flows.usage_db import DatabaseMismatch
 
     def fail(message: str) -> NoReturn:
@@ -466,6 +470,7 @@ def usage(
     rates = None
     try:
         rates = load_rate_card(rate_card) if rate_card else None
+        currency = check_currency(currency)
         chosen = choose_source(source)
     except ValueError as exc:
         fail(str(exc))
@@ -473,7 +478,9 @@ def usage(
     import sqlalchemy.exc
 
     try:
-        report = usage_report(user, project, start_date=start_date, end_date=end_date, rate_card=rates, source=chosen)
+        report = usage_report(
+            user, project, start_date=start_date, end_date=end_date, rate_card=rates, currency=currency, source=chosen
+        )
     except ValueError as exc:  # a GPU type with hours but no rate
         fail(str(exc))
     except httpx.HTTPError as exc:

@@ -44,7 +44,7 @@ from prefect import flow, get_run_logger
 from flows import usage_output
 from flows.deploy import deployment_fields
 from flows.pipeline import FLOW_NAME
-from flows.usage_compute import RunRecord, check_rate_card, compute, records, window
+from flows.usage_compute import DEFAULT_CURRENCY, RunRecord, check_currency, check_rate_card, compute, records, window
 from flows.worker import LOCAL_POOL, queue_for
 
 __all__ = [
@@ -188,6 +188,7 @@ def usage_report(
     start_date: date,
     end_date: date,
     rate_card: Mapping[str, float] | None = None,
+    currency: str = DEFAULT_CURRENCY,
     source: str | None = None,
     logger: logging.Logger | logging.LoggerAdapter[Any] = log,
 ) -> dict[str, Any]:
@@ -207,11 +208,11 @@ def usage_report(
             with get_client(sync_client=True) as client:
                 usage_db.check_same_server(client)
         runs: Iterable[RunRecord] = usage_db.read_runs(**query, skipped=skipped)
-        report = compute(runs, **query, now=now, rate_card=rate_card)
+        report = compute(runs, **query, now=now, rate_card=rate_card, currency=currency)
     else:
         with get_client(sync_client=True) as client:
             runs = read_runs(client, **query, skipped=skipped)
-            report = compute(runs, **query, now=now, rate_card=rate_card)
+            report = compute(runs, **query, now=now, rate_card=rate_card, currency=currency)
     if skipped:
         logger.warning(
             "%d run(s) of flow %r left out: MLOC tags missing or contradictory (e.g. %s)",
@@ -248,8 +249,10 @@ def usage_report_flow(
     end_date: date | None = None,
     group_by: Literal["gpu", "user", "project", "task_type"] = "gpu",
     rate_card: dict[str, float] | None = None,
+    currency: str = DEFAULT_CURRENCY,
 ) -> dict[str, Any]:
-    """GPU-hours of MLOC runs over whole UTC days, published as a table and a markdown artifact.
+    """GPU-hours of MLOC runs over whole UTC days, published as a table and a markdown artifact;
+    with a rate card (cost per GPU-hour by GPU type, in ``currency``), their cost.
 
     Without dates it reports yesterday (UTC), so a daily cron run reports the previous day;
     without an end date it reports the start date alone.
@@ -259,7 +262,15 @@ def usage_report_flow(
     start_date = start_date or yesterday_utc()
     end_date = end_date or start_date
     logger = get_run_logger()
-    report = usage_report(user, project, start_date=start_date, end_date=end_date, rate_card=rate_card, logger=logger)
+    report = usage_report(
+        user,
+        project,
+        start_date=start_date,
+        end_date=end_date,
+        rate_card=rate_card,
+        currency=check_currency(currency),
+        logger=logger,
+    )
     key = usage_output.artifact_key(report)
     create_table_artifact(
         table=usage_output.rows(report, group_by),

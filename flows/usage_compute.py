@@ -12,6 +12,7 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 DECIMALS = 6
+DEFAULT_CURRENCY = "USD"  # what GPU clouds bill in; a rate card in another currency says so with --currency
 GROUPS = ("gpu", "user", "project", "task_type")
 # the tags flows.pipeline.run_tags puts on every run; a run missing one is not an MLOC run
 _KEYS = ("owner", "project", "task-type", "gpu", "gpu-count", "replicas")
@@ -105,8 +106,10 @@ def compute(
     end_date: date,
     now: datetime,
     rate_card: Mapping[str, float] | None = None,
+    currency: str = DEFAULT_CURRENCY,
 ) -> dict[str, Any]:
-    """The usage report of the runs, by the rules in this module's docstring."""
+    """The usage report of the runs, by the rules in this module's docstring; with a rate card,
+    its cost, in ``currency`` (what the rate card's numbers are in)."""
     if now.tzinfo is None:
         raise ValueError("now must be timezone-aware")
     start, end = window(start_date, end_date)
@@ -138,12 +141,19 @@ def compute(
         "breakdown_by_task_type": _rounded(by["task_type"]),
     }
     if rate_card is not None:
-        report["cost"] = _cost(by["gpu"], rate_card)
+        report["cost"] = _cost(by["gpu"], rate_card) | {"currency": currency}
     return report
 
 
 def _rounded(hours: Mapping[str, float]) -> dict[str, float]:
     return {key: round(value, DECIMALS) for key, value in sorted(hours.items())}
+
+
+def check_currency(code: str) -> str:
+    """An ISO 4217-style code, e.g. USD or EUR; ValueError otherwise."""
+    if not (len(code) == 3 and code.isascii() and code.isalpha()):
+        raise ValueError(f"currency {code!r} is not a three-letter code such as USD or EUR")
+    return code.upper()
 
 
 def check_rate_card(rate_card: Mapping[str, Any]) -> dict[str, float]:

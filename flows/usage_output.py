@@ -29,6 +29,7 @@ def rows(report: dict[str, Any], group_by: str) -> list[dict[str, Any]]:
         row: dict[str, Any] = {group_by: key, "gpu_hours": hours}
         if cost is not None:
             row["cost"] = cost[key]
+            row["currency"] = report["cost"]["currency"]
         out.append(row)
     return out
 
@@ -38,7 +39,7 @@ def _title(report: dict[str, Any]) -> tuple[str, str]:
     scope = ", ".join(f"{k} {query[k]}" for k in ("user", "project") if k in query) or "all users and projects"
     return f"GPU usage {query['start_date']} to {query['end_date']} (UTC), {scope}", (
         f"{report['total_gpu_hours']:g} GPU-hours, {report['total_tasks_completed']} task(s) completed"
-        + (f", cost {report['cost']['total']:g}" if "cost" in report else "")
+        + (f", cost {report['cost']['total']:.2f} {report['cost']['currency']}" if "cost" in report else "")
     )
 
 
@@ -52,7 +53,8 @@ def table(report: dict[str, Any]) -> str:
             continue
         width = max(len(group), *(len(row[group]) for row in table_rows))
         costs = "cost" in table_rows[0]
-        lines += ["", f"{group:{width}}  {'GPU-hours':>12}" + (f"  {'cost':>12}" if costs else "")]
+        cost_title = f"cost ({report['cost']['currency']})" if costs else ""
+        lines += ["", f"{group:{width}}  {'GPU-hours':>12}" + (f"  {cost_title:>12}" if costs else "")]
         lines += [
             f"{row[group]:{width}}  {row['gpu_hours']:12.2f}" + (f"  {row['cost']:12.2f}" if costs else "")
             for row in table_rows
@@ -61,12 +63,13 @@ def table(report: dict[str, Any]) -> str:
 
 
 def csv_text(report: dict[str, Any]) -> str:
-    """gpu_type,gpu_hours,cost: one row per GPU type; cost is empty without a rate card."""
+    """gpu_type,gpu_hours,cost,currency: one row per GPU type; cost and currency are empty without a rate card."""
     out = io.StringIO()
     writer = csv.writer(out, lineterminator="\n")
-    writer.writerow(["gpu_type", "gpu_hours", "cost"])
+    writer.writerow(["gpu_type", "gpu_hours", "cost", "currency"])
+    currency = report["cost"]["currency"] if "cost" in report else ""
     for row in rows(report, "gpu"):
-        writer.writerow([row["gpu"], row["gpu_hours"], row.get("cost", "")])
+        writer.writerow([row["gpu"], row["gpu_hours"], row.get("cost", ""), currency if "cost" in row else ""])
     return out.getvalue()
 
 

@@ -170,7 +170,10 @@ def test_rate_card_cost() -> None:
         "total": pytest.approx(14 * 2.5 + 13 * 4.0 + 2 * 1.25),
         "by_gpu": {A100: pytest.approx(35.0), H100: pytest.approx(52.0), L40S: pytest.approx(2.5)},
         "currency_per_gpu_hour": rates,
+        "currency": "USD",
     }
+    in_euro = compute(RUNS, start_date=SEP1, end_date=SEP2, now=NOW, rate_card=rates, currency="EUR")
+    assert in_euro["cost"]["currency"] == "EUR" and in_euro["cost"]["total"] == report["cost"]["total"]
     with pytest.raises(ValueError, match=f"no rate for GPU type.*{L40S}"):
         compute(RUNS, start_date=SEP1, end_date=SEP2, now=NOW, rate_card={A100: 1.0, H100: 1.0})
     with pytest.raises(ValueError, match=r"non-negative number per GPU type; wrong: 'nvidia-t4': -0\.3"):
@@ -434,9 +437,9 @@ def test_usage_report_flow_publishes_artifacts(scenario: tuple[str, list[str]]) 
         [text] = client.read_artifacts(artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[key])))
     rows = json.loads(table.data) if isinstance(table.data, str) else table.data
     assert rows == [
-        {"gpu": A100, "gpu_hours": 14.0, "cost": 28.0},
-        {"gpu": H100, "gpu_hours": 28.0, "cost": 84.0},
-        {"gpu": L40S, "gpu_hours": 2.0, "cost": 2.0},
+        {"gpu": A100, "gpu_hours": 14.0, "cost": 28.0, "currency": "USD"},
+        {"gpu": H100, "gpu_hours": 28.0, "cost": 84.0, "currency": "USD"},
+        {"gpu": L40S, "gpu_hours": 2.0, "cost": 2.0, "currency": "USD"},
     ]
     assert "44 GPU-hours, 3 task(s) completed" in text.data
 
@@ -488,13 +491,20 @@ def test_cli_json_and_csv(scenario: tuple[str, list[str]], tmp_path: Path) -> No
     assert json.loads(from_db.stdout) == json.loads(as_json.stdout)
     card = tmp_path / "rates.json"
     card.write_text(json.dumps({A100: 2.0, H100: 3.0, L40S: 1.0}))
-    as_csv = mloc(*query, "--csv", "--rate-card", str(card))
+    as_csv = mloc(*query, "--csv", "--rate-card", str(card), "--currency", "eur")
     assert as_csv.exit_code == 0, as_csv.output
     assert list(csv.DictReader(io.StringIO(as_csv.stdout))) == [
-        {"gpu_type": A100, "gpu_hours": "14.0", "cost": "28.0"},
-        {"gpu_type": H100, "gpu_hours": "28.0", "cost": "84.0"},
-        {"gpu_type": L40S, "gpu_hours": "2.0", "cost": "2.0"},
+        {"gpu_type": A100, "gpu_hours": "14.0", "cost": "28.0", "currency": "EUR"},
+        {"gpu_type": H100, "gpu_hours": "28.0", "cost": "84.0", "currency": "EUR"},
+        {"gpu_type": L40S, "gpu_hours": "2.0", "cost": "2.0", "currency": "EUR"},
     ]
+    # a cost is never shown without its currency
+    priced = mloc(*query, "--rate-card", str(card))
+    assert priced.exit_code == 0, priced.output
+    assert "44 GPU-hours, 3 task(s) completed, cost 114.00 USD" in priced.stdout
+    assert "cost (USD)" in priced.stdout
+    wrong = mloc(*query, "--rate-card", str(card), "--currency", "dollars")
+    assert wrong.exit_code == 1 and "currency 'dollars' is not a three-letter code" in wrong.stderr
     table = mloc(*query)
     assert table.exit_code == 0, table.output
     assert "44 GPU-hours, 3 task(s) completed" in table.stdout
