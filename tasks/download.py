@@ -255,7 +255,9 @@ def _blobs(storage: Path) -> dict[str, int]:
 
 def _snapshot(source: HuggingFaceModelSource, kind: Kind, token: str | None) -> str:
     from huggingface_hub import snapshot_download
+    from huggingface_hub.utils import disable_progress_bars
 
+    disable_progress_bars()  # terminal bars in a worker's stdout; the step logs what it fetched
     try:
         return snapshot_download(source.identifier, repo_type=kind, revision=source.revision, token=token)
     except Exception as exc:

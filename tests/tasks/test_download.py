@@ -326,8 +326,12 @@ def fake_hub(hf_hub: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[type[Fak
 TINY = HuggingFaceModelSource(type="huggingface", identifier="mloc-test/tiny-model")
 
 
-def test_hf_downloads_then_reuses_the_cache(fake_hub: type[FakeHub], hf_hub: Path, tmp_path: Path) -> None:
+def test_hf_downloads_then_reuses_the_cache(
+    fake_hub: type[FakeHub], hf_hub: Path, tmp_path: Path, capfd: pytest.CaptureFixture[str]
+) -> None:
     first = fetch(TINY, kind="model", base_dir=tmp_path, cache_dir=tmp_path / "c")
+    printed = capfd.readouterr()
+    assert "Fetching" not in printed.err + printed.out, "a progress bar in the worker's output"
 
     assert (first.revision, first.downloaded_files) == (SHA, 2)
     assert first.downloaded_bytes == sum(len(d) for d in MODEL_FILES.values())
