@@ -257,11 +257,24 @@ def _cross_checks(task: TrainingTask | InferenceTask, info: TaskTypeInfo | None,
 # --- entry points -----------------------------------------------------------------------------
 
 
+def _up_to(text: str, line: int, column: int) -> str:
+    """The text before a position: all the parser had read when it failed (and, for a document
+    refused for its shape, a bounded amount of it to read again)."""
+    start = 0
+    for _ in range(line - 1):
+        start = text.find("\n", start) + 1
+        if start == 0:
+            return text
+    return text[: start + column - 1]
+
+
 def _syntax_path(text: str) -> Loc:
     """The key path the parser had reached when it failed, for a syntax error's message."""
     stack: list[list[Any]] = []  # [is_mapping, current key or index, expecting_key]
     try:
         for event in yaml.parse(text, Loader=yaml.SafeLoader):
+            if event.start_mark.index >= len(text):  # the text ends here: what follows closes it
+                break
             if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
                 if stack:
                     _advance(stack)
@@ -302,9 +315,9 @@ def validate_text(text: str, file: str, task_types: Mapping[str, TaskTypeInfo]) 
             file,
             exc.line,
             exc.column,
-            dotted(_syntax_path(text)),
+            dotted(_syntax_path(_up_to(text, exc.line, exc.column))),
             f"not valid YAML: {exc.message}",
-            "fix the syntax at this line (indentation, a missing ':' or an unclosed quote)",
+            exc.hint,
         )
         return Result(file, issues=[issue], unreadable=True)
     return _validate_document(doc, file, task_types)

@@ -14,10 +14,22 @@ import yaml
 from configs.errors import Loc
 
 
+# A task.yaml holds a few hundred values, nests a handful of levels and rarely aliases. The
+# bounds sit far above that and far below what hangs or exhausts a process: aliases make the
+# document a graph, and one that expands to billions of values ("billion laughs", merge-key
+# bombs) is refused before anything walks it.
+MAX_DEPTH = 64
+MAX_ALIASES = 1_000
+MAX_EXPANDED_VALUES = 10_000
+MAX_EXPANDED_CHARS = 2_000_000
+
+_SYNTAX_HINT = "fix the syntax at this line (indentation, a missing ':' or an unclosed quote)"
+
+
 class YamlSyntaxError(Exception):
-    def __init__(self, line: int, column: int, message: str) -> None:
+    def __init__(self, line: int, column: int, message: str, hint: str = _SYNTAX_HINT) -> None:
         super().__init__(message)
-        self.line, self.column, self.message = line, column, message
+        self.line, self.column, self.message, self.hint = line, column, message, hint
 
 
 @dataclass
@@ -54,24 +66,140 @@ def _mark(node: yaml.Node) -> tuple[int, int]:
     return node.start_mark.line + 1, node.start_mark.column + 1
 
 
+def _syntax_error(exc: yaml.YAMLError, text: str) -> YamlSyntaxError:
+    if isinstance(exc, yaml.reader.ReaderError):  # a control character, NUL or invalid code point
+        line = text.count("\n", 0, exc.position) + 1
+        column = exc.position - (text.rfind("\n", 0, exc.position) + 1) + 1
+        code = exc.character if isinstance(exc.character, int) else ord(exc.character)
+        return YamlSyntaxError(
+            line,
+            column,
+            f"the character U+{code:04X} (a control character) cannot appear in YAML",
+            'delete it, or write it as an escape inside a double-quoted string ("\\t")',
+        )
+    if isinstance(exc, yaml.MarkedYAMLError):
+        mark = exc.problem_mark or exc.context_mark
+        line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
+        problem = exc.problem or str(exc)
+        if exc.context and exc.context_mark and exc.context_mark.line + 1 != line:
+            problem += f" ({exc.context} that starts at line {exc.context_mark.line + 1})"
+        if "expected a single document" in str(exc):
+            problem = "more than one YAML document in the file"
+        return YamlSyntaxError(line, col, problem)
+    return YamlSyntaxError(1, 1, str(exc))
+
+
+def _flow_depth(text: str) -> tuple[int, int] | None:
+    """Where ``[``/``{`` brackets first nest deeper than MAX_DEPTH, counted in one pass over the
+    text (PyYAML's scanner takes quadratic time over deep flow collections, before any event).
+    Quoted strings and comments are skipped; brackets inside a block scalar still count, which
+    only matters for text nesting 64 brackets deep."""
+    depth, quote, line, line_start = 0, "", 1, 0
+    for index, char in enumerate(text):
+        if char == "\n":
+            line, line_start = line + 1, index + 1
+            if quote == "#":
+                quote = ""
+        elif quote:
+            if char == quote and quote != "#" and (quote == "'" or text[index - 1] != "\\"):
+                quote = ""
+        elif char in "\"'" and (index == 0 or text[index - 1] in " \t[{,:-\n"):
+            quote = char
+        elif char == "#" and (index == 0 or text[index - 1] in " \t\n"):
+            quote = "#"
+        elif char in "[{":
+            depth += 1
+            if depth > MAX_DEPTH:
+                return line, index - line_start + 1
+        elif char in "]}":
+            depth = max(depth - 1, 0)
+    return None
+
+
+def _check_shape(text: str) -> tuple[int, int] | None:
+    """Bound nesting depth and alias count from the event stream (the composer that follows
+    recurses once per level); returns where the first alias is, if any."""
+    too_deep = _flow_depth(text)
+    if too_deep is not None:
+        raise YamlSyntaxError(
+            *too_deep,
+            f"the document nests deeper than {MAX_DEPTH} levels",
+            "a task.yaml nests a handful of levels: flatten this part",
+        )
+    depth, aliases, first_alias = 0, 0, None
+    for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        if isinstance(event, yaml.CollectionStartEvent):
+            depth += 1
+            if depth > MAX_DEPTH:
+                raise YamlSyntaxError(
+                    *_mark(event),
+                    f"the document nests deeper than {MAX_DEPTH} levels",
+                    "a task.yaml nests a handful of levels: flatten this part",
+                )
+        elif isinstance(event, yaml.CollectionEndEvent):
+            depth -= 1
+        elif isinstance(event, yaml.AliasEvent):
+            aliases += 1
+            first_alias = first_alias or _mark(event)
+            if aliases > MAX_ALIASES:
+                raise YamlSyntaxError(
+                    *_mark(event),
+                    f"more than {MAX_ALIASES} aliases (*name)",
+                    "write the values out instead of aliasing them",
+                )
+    return first_alias
+
+
+def _expanded(node: yaml.Node, sizes: dict[int, tuple[int, int]]) -> tuple[int, int]:
+    """(values, characters) the node stands for once every alias and merge key is expanded;
+    shared nodes are counted once each time they are used, computed once each."""
+    known = sizes.get(id(node))
+    if known is not None:
+        return known
+    values, chars = 1, 0
+    if isinstance(node, yaml.ScalarNode):
+        chars = len(node.value)
+    else:
+        children: list[yaml.Node] = []
+        if isinstance(node, yaml.MappingNode):
+            for key, value in node.value:
+                children += [key, value]
+        elif isinstance(node, yaml.SequenceNode):
+            children = list(node.value)
+        for child in children:
+            v, c = _expanded(child, sizes)
+            values, chars = values + v, chars + c
+    sizes[id(node)] = (values, chars)
+    return values, chars
+
+
 def parse(text: str) -> Document:
-    """Parse one YAML document. Raises :class:`YamlSyntaxError` for anything not YAML."""
-    loader = yaml.SafeLoader(text)
+    """Parse one YAML document. Raises :class:`YamlSyntaxError` for anything not YAML, and for
+    YAML nested or aliased far beyond any task.yaml."""
+    try:
+        first_alias = _check_shape(text)
+        loader = yaml.SafeLoader(text)
+    except yaml.YAMLError as exc:
+        raise _syntax_error(exc, text) from None
     try:
         try:
             root = loader.get_single_node()
-        except yaml.MarkedYAMLError as exc:
-            mark = exc.problem_mark or exc.context_mark
-            line, col = (mark.line + 1, mark.column + 1) if mark else (1, 1)
-            problem = exc.problem or str(exc)
-            if exc.context and exc.context_mark and exc.context_mark.line + 1 != line:
-                problem += f" ({exc.context} that starts at line {exc.context_mark.line + 1})"
-            if "expected a single document" in str(exc):
-                problem = "more than one YAML document in the file"
-            raise YamlSyntaxError(line, col, problem) from None
+        except yaml.YAMLError as exc:
+            raise _syntax_error(exc, text) from None
         doc = Document(None, Positions(), [], [])
         if root is None:
             return doc
+        values, chars = _expanded(root, {})
+        if values > MAX_EXPANDED_VALUES or chars > MAX_EXPANDED_CHARS:
+            line, column = first_alias or (1, 1)
+            raise YamlSyntaxError(
+                line,
+                column,
+                f"with its aliases (*name) and merge keys (<<) expanded the document holds over "
+                f"{min(values, 10**9):,} values and {min(chars, 10**12):,} characters, far beyond a task.yaml "
+                f"(at most {MAX_EXPANDED_VALUES:,} values, {MAX_EXPANDED_CHARS:,} characters)",
+                "write the repeated part out once instead of aliasing it",
+            )
         doc.data = _walk(loader, root, (), doc)
         return doc
     finally:
@@ -115,3 +243,10 @@ def _scalar(loader: yaml.SafeLoader, node: yaml.Node) -> Any:
         return loader.construct_object(node, deep=True)
     except yaml.MarkedYAMLError as exc:
         raise YamlSyntaxError(*_mark(node), exc.problem or str(exc)) from None
+    except (ValueError, TypeError, OverflowError, ArithmeticError):  # an explicit tag: !!int abc
+        tag = node.tag.rsplit(":", 1)[-1]
+        raise YamlSyntaxError(
+            *_mark(node),
+            f"the value tagged !!{tag} is not a valid {tag}",
+            f"drop the !!{tag} tag, or write a valid {tag}",
+        ) from None
