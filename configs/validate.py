@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import types
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -17,7 +18,7 @@ from configs.errors import ConfigIssue, Loc, TaskError, choice_hint, did_you_mea
 from configs.gpus import gpu_type
 from configs.models import KINDS, FieldError, InferenceTask, QloraAdapter, Task, TaskHeader, TrainingTask
 from configs.secrets import HINT as SECRET_HINT
-from configs.secrets import find_secrets
+from configs.secrets import find_secrets, mask
 from configs.tasktypes import TaskTypeInfo
 from configs.yamlsource import Document, Positions, YamlSyntaxError, parse
 
@@ -273,7 +274,7 @@ def _syntax_path(text: str) -> Loc:
     stack: list[list[Any]] = []  # [is_mapping, current key or index, expecting_key]
     try:
         for event in yaml.parse(text, Loader=yaml.SafeLoader):
-            if event.start_mark.index >= len(text):  # the text ends here: what follows closes it
+            if event.start_mark is not None and event.start_mark.index >= len(text):  # what follows closes the text
                 break
             if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):
                 if stack:
@@ -315,8 +316,8 @@ def validate_text(text: str, file: str, task_types: Mapping[str, TaskTypeInfo]) 
             file,
             exc.line,
             exc.column,
-            dotted(_syntax_path(_up_to(text, exc.line, exc.column))),
-            f"not valid YAML: {exc.message}",
+            mask(dotted(_syntax_path(_up_to(text, exc.line, exc.column)))),
+            mask(f"not valid YAML: {exc.message}"),
             exc.hint,
         )
         return Result(file, issues=[issue], unreadable=True)
@@ -348,6 +349,16 @@ def load_task_data(data: Any) -> TrainingTask | InferenceTask:
 
 
 def _validate_document(doc: Document, file: str, task_types: Mapping[str, TaskTypeInfo]) -> Result:
+    result = _check_document(doc, file, task_types)
+    # an issue names its field and may quote a value: a key or value that looks like a secret is
+    # refused, and never printed, logged or stored whole on the way
+    result.issues = [
+        dataclasses.replace(i, field=mask(i.field), message=mask(i.message), hint=mask(i.hint)) for i in result.issues
+    ]
+    return result
+
+
+def _check_document(doc: Document, file: str, task_types: Mapping[str, TaskTypeInfo]) -> Result:
     out = _Collector(file, doc)
     data = doc.data
     for loc in doc.duplicates:

@@ -13,7 +13,6 @@ import yaml
 
 from configs.errors import Loc
 
-
 # A task.yaml holds a few hundred values, nests a handful of levels and rarely aliases. The
 # bounds sit far above that and far below what hangs or exhausts a process: aliases make the
 # document a graph, and one that expands to billions of values ("billion laughs", merge-key
@@ -62,8 +61,9 @@ class Document:
     strings: list[tuple[Loc, str, bool]]
 
 
-def _mark(node: yaml.Node) -> tuple[int, int]:
-    return node.start_mark.line + 1, node.start_mark.column + 1
+def _mark(node: yaml.Node | yaml.Event) -> tuple[int, int]:
+    mark = node.start_mark
+    return (mark.line + 1, mark.column + 1) if mark is not None else (1, 1)
 
 
 def _syntax_error(exc: yaml.YAMLError, text: str) -> YamlSyntaxError:
