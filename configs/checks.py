@@ -67,8 +67,19 @@ def bucket_name(value: str) -> str:
     return value
 
 
+def local_path(value: str) -> str:
+    """A path on the worker: no control characters (a NUL ends the path the OS sees)."""
+    bad = next((c for c in value if ord(c) < 32 or ord(c) == 127), None)
+    if bad is not None:
+        raise ValueError(f"holds the control character U+{ord(bad):04X} — a path is printable text: remove it")
+    if len(value) > 4096:
+        raise ValueError(f"is {len(value)} characters long — a path has at most 4096 (PATH_MAX)")
+    return value
+
+
 def object_path(value: str) -> str:
-    """An S3 key prefix or a path inside a repo: relative, no '..'."""
+    """An S3 key prefix or a path inside a repo: relative, no '..', printable."""
+    local_path(value)
     parts = value.strip("/").split("/")
     if not value.strip("/") or ".." in parts:
         raise ValueError(f"'{value}' is not a usable path — give a relative path such as 'checkpoints/run-1'")
@@ -136,8 +147,9 @@ def timezone(value: str) -> str:
 
     try:
         zoneinfo.ZoneInfo(value)
-    except (zoneinfo.ZoneInfoNotFoundError, ValueError):
-        guess = did_you_mean(value, sorted(_zones()))
+    except (zoneinfo.ZoneInfoNotFoundError, ValueError, OSError):  # OSError: a name too long for a file
+        guess = did_you_mean(value[:64], sorted(_zones()))
         hint = f"did you mean '{guess}'?" if guess else "use an IANA time zone such as 'Europe/Berlin' or 'UTC'"
-        raise ValueError(f"'{value}' is not a known time zone — {hint}") from None
+        shown = value if len(value) <= 64 else value[:60] + "…"
+        raise ValueError(f"'{shown}' is not a known time zone — {hint}") from None
     return value

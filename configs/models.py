@@ -26,7 +26,8 @@ class FieldError(ValueError):
 
 class Model(BaseModel):
     # strict: YAML already typed every scalar, so "4" for an integer is a mistake worth reporting
-    model_config = ConfigDict(extra="forbid", strict=True)
+    # allow_inf_nan: a NaN or infinite learning rate, gate bound or dropout never means anything
+    model_config = ConfigDict(extra="forbid", strict=True, allow_inf_nan=False)
     #: hints for keys people put in the wrong place, shown instead of "did you mean"
     key_hints: ClassVar[dict[str, str]] = {}
 
@@ -39,6 +40,9 @@ Bucket = Annotated[str, AfterValidator(checks.bucket_name)]
 ObjectPath = Annotated[str, AfterValidator(checks.object_path)]
 Template = Annotated[str, AfterValidator(checks.prompt_template)]
 NonEmpty = Annotated[str, Field(min_length=1)]
+LocalPath = Annotated[str, Field(min_length=1), AfterValidator(checks.local_path)]
+# the most GPUs one node carries (HGX-2/DGX-2 class machines); more per replica is a typo
+MAX_GPUS_PER_NODE = 16
 
 _CREDENTIALS_HF = Field(
     None,
@@ -70,7 +74,12 @@ class Gpu(Model):
     type: str | None = Field(
         None, description=f"A GPU type ({', '.join(GPU_TYPE_NAMES)}) or '{ANY_GPU}'; leave out for CPU-only tasks."
     )
-    count: int = Field(0, ge=0, description="GPUs per replica; at least 1 when a type is given, 0 for CPU-only.")
+    count: int = Field(
+        0,
+        ge=0,
+        le=MAX_GPUS_PER_NODE,
+        description="GPUs per replica; at least 1 when a type is given, 0 for CPU-only.",
+    )
 
     @field_validator("type")
     @classmethod
@@ -127,7 +136,7 @@ class S3Source(Model):
 
 class LocalSource(Model):
     type: Literal["local"] = Field(description="Read from a path on the worker (a mounted volume).")
-    path: NonEmpty = Field(description="A directory or file; relative paths are relative to the task.yaml.")
+    path: LocalPath = Field(description="A directory or file; relative paths are relative to the task.yaml.")
 
 
 class HuggingFaceDatasetSource(HuggingFaceModelSource):
@@ -156,7 +165,7 @@ class HuggingFaceDestination(Model):
 
 class LocalDestination(Model):
     type: Literal["local"] = Field(description="Write to a path on the worker (a mounted volume).")
-    path: NonEmpty = Field(description="A directory; relative paths are relative to the task.yaml.")
+    path: LocalPath = Field(description="A directory; relative paths are relative to the task.yaml.")
 
 
 Destination = Annotated[S3Destination | HuggingFaceDestination | LocalDestination, Field(discriminator="type")]
