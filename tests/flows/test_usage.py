@@ -519,12 +519,14 @@ def test_cli_json_and_csv(scenario: tuple[str, list[str]], tmp_path: Path) -> No
         (["--json", "--csv"], "--json and --csv exclude each other"),
         (["--start", "2025-09-01", "--source", "db"], "source 'db' is not one of api, database"),
         (["--start", "2025-09-01", "--rate-card", "/nonexistent/rates.json"], "rate card /nonexistent/rates.json"),
+        (["--start", "9999-12-31"], "end_date 9999-12-31 is past the last day a report can cover"),
     ],
 )
 def test_cli_refuses_bad_input(args: list[str], message: str) -> None:
     result = mloc(*args)
     assert result.exit_code == 1
     assert message in result.stderr
+    assert result.exception is None or isinstance(result.exception, SystemExit), result.exception
 
 
 def test_cli_rejects_a_rate_card_with_bad_rates(tmp_path: Path) -> None:
