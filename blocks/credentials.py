@@ -41,12 +41,36 @@ def hf_token(block_name: str | None) -> str | None:
     return value
 
 
+# A stalled object store fails a call within these instead of hanging the step forever; the
+# steps' own retries then log the stall and try again. A block's aws_client_parameters.config
+# overrides them.
+S3_CONNECT_TIMEOUT_S = 10
+S3_READ_TIMEOUT_S = 60
+
+
+def _s3_config() -> Any:
+    from botocore.config import Config
+
+    return Config(
+        connect_timeout=S3_CONNECT_TIMEOUT_S,
+        read_timeout=S3_READ_TIMEOUT_S,
+        retries={"mode": "standard", "max_attempts": 3},
+    )
+
+
 def s3_client(block_name: str | None) -> S3Client:
-    """A boto3 S3 client from an AwsCredentials block, or from boto3's default chain."""
+    """A boto3 S3 client from an AwsCredentials block, or from boto3's default chain, with
+    connect and read timeouts."""
     if block_name is None:
         import boto3
 
-        return boto3.client("s3")
+        return boto3.client("s3", config=_s3_config())
     from prefect_aws import AwsCredentials
 
-    return _load(AwsCredentials, block_name, "AwsCredentials").get_s3_client()
+    credentials = _load(AwsCredentials, block_name, "AwsCredentials")
+    params = credentials.aws_client_parameters.get_params_override()
+    if credentials.region_name is not None:
+        params["region_name"] = credentials.region_name
+    params["config"] = _s3_config().merge(params["config"]) if "config" in params else _s3_config()
+    client: S3Client = credentials.get_boto3_session().client("s3", **params)
+    return client

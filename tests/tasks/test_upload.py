@@ -430,3 +430,53 @@ def test_hub_check_writable_wants_a_write_token(
     monkeypatch.setattr(FakeHub, "role", "read")
     with pytest.raises(UploadError, match="read-only"):
         check_writable(hf(), base_dir=tmp_path)
+
+
+@pytest.mark.slow
+def test_s3_a_stalled_store_fails_in_bounded_time_and_says_so(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """An endpoint that accepts connections and then never answers (a frozen object store):
+    each call gives up after the read timeout, the stall is logged, and the upload fails with
+    a clear error instead of waiting forever."""
+    import logging
+    import socket
+    import threading
+    import time
+
+    import blocks.credentials
+
+    held: list[socket.socket] = []
+    listener = socket.create_server(("127.0.0.1", 0))
+    listener.settimeout(0.2)
+    stop = threading.Event()
+
+    def accept_and_hold() -> None:
+        while not stop.is_set():
+            try:
+                held.append(listener.accept()[0])  # read nothing, answer nothing
+            except TimeoutError:
+                continue
+
+    thread = threading.Thread(target=accept_and_hold, daemon=True)
+    thread.start()
+    monkeypatch.setenv("AWS_ENDPOINT_URL", f"http://127.0.0.1:{listener.getsockname()[1]}")
+    monkeypatch.setenv("AWS_ACCESS_KEY_ID", "testing")
+    monkeypatch.setenv("AWS_SECRET_ACCESS_KEY", "testing")
+    monkeypatch.setenv("AWS_DEFAULT_REGION", "us-east-1")
+    monkeypatch.setattr(blocks.credentials, "S3_READ_TIMEOUT_S", 1)
+    pauses: list[float] = []
+    started = time.monotonic()
+    try:
+        with caplog.at_level(logging.WARNING), pytest.raises(UploadError, match=r"kept failing .* after 4 attempts"):
+            upload(s3("frozen-bucket"), stage(tmp_path, FILES), LINEAGE, base_dir=tmp_path, sleep=pauses.append)
+    finally:
+        stop.set()
+        thread.join()
+        for conn in held:
+            conn.close()
+        listener.close()
+    # 4 attempts of botocore's 3 tries of 1 s each, and no sleeping: bounded, not forever
+    assert time.monotonic() - started < 60
+    assert len(pauses) == 3
+    assert any("failed" in r.getMessage() and "retry 1" in r.getMessage() for r in caplog.records), caplog.text
