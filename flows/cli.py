@@ -332,10 +332,11 @@ def worker(
     gpu = detect_gpu_type()
     queues = local_queues(gpu)
     typer.echo(f"mloc: this machine has {gpu or 'no NVIDIA GPU'}; serving queues {', '.join(queues)} of pool '{pool}'")
-    args = ["prefect", "worker", "start", "--pool", pool, "--type", "process"]
+    # this interpreter's own Prefect: a `prefect` on PATH may be missing, or another install's
+    args = [sys.executable, "-m", "prefect", "worker", "start", "--pool", pool, "--type", "process"]
     for queue in queues:
         args += ["--work-queue", queue]
-    os.execvp(args[0], args)
+    os.execv(args[0], args)
 
 
 @app.command()

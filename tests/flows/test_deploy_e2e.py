@@ -147,9 +147,10 @@ def test_deploy_then_prefect_runs_it_on_a_worker(server: dict[str, str], tmp_pat
     time.sleep(5)  # more than two scheduler loops
     assert scheduled_runs(env, deployment["id"]) == before
 
+    # `mloc worker`, as the README says, with no `prefect` on PATH: it must use its own interpreter's
     worker = subprocess.Popen(
-        [str(BIN / "prefect"), "worker", "start", "--pool", "local", "--type", "process", "--work-queue", "cpu"],
-        env=env,
+        [str(BIN / "mloc"), "worker"],
+        env=env | {"PATH": "/usr/bin:/bin"},
         stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL,
         start_new_session=True,
