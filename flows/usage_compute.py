@@ -85,7 +85,9 @@ def window(start_date: date, end_date: date) -> tuple[datetime, datetime]:
     if end_date < start_date:
         raise ValueError(f"end_date {end_date} is before start_date {start_date}")
     if end_date >= date.max:  # its window would end on a day the calendar does not have
-        raise ValueError(f"end_date {end_date} is past the last day a report can cover ({date.max - timedelta(days=1)})")
+        raise ValueError(
+            f"end_date {end_date} is past the last day a report can cover ({date.max - timedelta(days=1)})"
+        )
     start = datetime.combine(start_date, time(), tzinfo=UTC)
     return start, datetime.combine(end_date + timedelta(days=1), time(), tzinfo=UTC)
 
