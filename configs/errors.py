@@ -41,6 +41,8 @@ def did_you_mean(word: str, choices: Iterable[str]) -> str | None:
     Case and ``_``/``-`` differences count as close (``task_type`` -> ``taskType``).
     """
     choices = list(choices)
+    if len(word) > 100:  # no typo is that long, and difflib's time grows with the square of it
+        return None
 
     def norm(s: str) -> str:
         return s.lower().replace("_", "").replace("-", "")

@@ -33,6 +33,7 @@ _SECRET_WORDS = {"token", "secret", "password", "passwd", "pwd", "passphrase", "
 _SECRET_PAIRS = {("api", "key"), ("apikey",), ("access", "key"), ("secret", "key"), ("private", "key")}
 # tokenizer settings: their values are tokens of a vocabulary, not credentials
 _VOCABULARY_TOKENS = {"pad", "eos", "bos", "unk", "sep", "cls", "mask"}
+_SPACE = re.compile(r"\s")
 _WORD = re.compile(r"[A-Z]+(?![a-z])|[A-Z]?[a-z]+|[0-9]+")
 
 HINT = (
@@ -61,7 +62,7 @@ def is_secret_key(key: str) -> bool:
 
 def _value_secret(text: str) -> str | None:
     # a folded or multi-line scalar can split a token over lines: look at it joined up too
-    joined = "".join(text.split()) if any(c.isspace() for c in text) else None
+    joined = "".join(text.split()) if _SPACE.search(text) else None
     for what, pattern in _VALUE_PATTERNS:
         if pattern.search(text) or (joined is not None and what != "a private key" and pattern.search(joined)):
             return what

@@ -20,7 +20,7 @@ from configs.models import KINDS, FieldError, InferenceTask, QloraAdapter, Task,
 from configs.secrets import HINT as SECRET_HINT
 from configs.secrets import find_secrets, mask
 from configs.tasktypes import TaskTypeInfo
-from configs.yamlsource import Document, Positions, YamlSyntaxError, parse
+from configs.yamlsource import Document, Loader, Positions, YamlSyntaxError, parse
 
 _ADAPTER: TypeAdapter[Any] = TypeAdapter(Task)
 YAML_SUFFIXES = (".yaml", ".yml")
@@ -273,7 +273,7 @@ def _syntax_path(text: str) -> Loc:
     """The key path the parser had reached when it failed, for a syntax error's message."""
     stack: list[list[Any]] = []  # [is_mapping, current key or index, expecting_key]
     try:
-        for event in yaml.parse(text, Loader=yaml.SafeLoader):
+        for event in yaml.parse(text, Loader=Loader):
             if event.start_mark is not None and event.start_mark.index >= len(text):  # what follows closes the text
                 break
             if isinstance(event, (yaml.MappingStartEvent, yaml.SequenceStartEvent)):

@@ -525,6 +525,14 @@ CASES = [
         "spec.output.destination.path",
         "control character",
     ),
+    one(
+        "unknown-tag",
+        "    num_train_epochs: 3",
+        "    num_train_epochs: !!python/object:os.system 3",
+        "spec.hyperparameters.num_train_epochs",
+        "is not one a task.yaml uses",
+        code=2,
+    ),
     Case("empty-file", [(BASE, "")], "(document)", "the file is empty", anchor="", code=1),
     Case("top-level-list", [(BASE, "- a\n- b\n")], "(document)", "a task.yaml is a mapping", anchor="- a"),
 ]
