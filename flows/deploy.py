@@ -17,7 +17,8 @@ from pathlib import Path
 from typing import Any
 
 from configs import InferenceTask, TrainingTask
-from flows.pipeline import FLOW_NAME, pipeline, run_tags
+from flows.pipeline import FLOW_NAME, run_tags
+from flows.run_form import parameter_schema
 from flows.worker import queue_for
 from work_pools import PoolDefinition, job_variables, pool_for_task
 
@@ -91,13 +92,18 @@ def apply(p: Plan, client: Any) -> str:
     from prefect.client.schemas.actions import DeploymentScheduleCreate
     from prefect.client.schemas.schedules import CronSchedule
     from prefect.exceptions import ObjectNotFound
-    from prefect.utilities.callables import parameter_schema
 
     try:
         existing = client.read_deployment_by_name(f"{FLOW_NAME}/{p.name}")
     except ObjectNotFound:
         existing = None
-    if existing is not None and deployment_fields(existing) == _wanted(p):
+    schema = parameter_schema(p.parameters["task"]["kind"])
+    # the schema is compared too: a deployment made before an MLOC upgrade gets the upgrade's Run form
+    if (
+        existing is not None
+        and deployment_fields(existing) == _wanted(p)
+        and existing.parameter_openapi_schema == schema
+    ):
         return "unchanged"
     flow_id = client.create_flow_from_name(FLOW_NAME)
     client.create_deployment(
@@ -114,7 +120,7 @@ def apply(p: Plan, client: Any) -> str:
             DeploymentScheduleCreate(schedule=CronSchedule(cron=cron, timezone=tz), active=active)
             for cron, tz, active in p.schedules
         ],
-        parameter_openapi_schema=parameter_schema(pipeline).model_dump_for_openapi(),
+        parameter_openapi_schema=schema,
         enforce_parameter_schema=True,
     )
     return "updated" if existing is not None else "created"
