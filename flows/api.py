@@ -3,13 +3,16 @@
 A thin layer over the Prefect API; everything it knows lives there (deployments, flow runs,
 artifacts), so it keeps no state and any number of copies can serve side by side.
 
-- ``POST /api/v1/tasks[?local=true]`` validates the task.yaml as ``mloc validate`` does,
-  registers it as ``mloc deploy`` does (by default on the pool of its GPU type; ``local=true``
-  on the local process pool, like ``mloc deploy --local``) and creates one flow run of it.
-- ``GET /api/v1/tasks/{id}`` is that run: state, times, tags and its artifacts. The flow's
-  return value is not persisted (Prefect's default), so the artifacts the run publishes
-  (progress, evaluation table, report) are what the API can show of its outputs; the
-  uploaded results themselves are where ``spec.output.destination`` says.
+- ``POST /api/v1/tasks[?local=true|false]`` validates the task.yaml as ``mloc validate`` does,
+  registers it as ``mloc deploy`` does and creates one flow run of it. Where: ``local``
+  (:data:`LOCAL_QUERY`) picks the local process pool or the cluster pool of the task's GPU
+  type; left out, an existing deployment stays on its side and a new one goes to the
+  cluster. The API never moves a deployment between the two (a 409, see
+  :func:`flows.api_submit.deploy`).
+- ``GET /api/v1/tasks/{id}`` is that run: state, times, tags, its artifacts and, once
+  COMPLETED, its outputs. The flow's return value is not persisted (Prefect's default) and a
+  flow-run pod's disk is not the API's to read, so the outputs come from the artifact the
+  run publishes last, after its upload (:func:`flows.report.publish_outputs`).
 - ``GET /api/v1/stats`` is :func:`flows.usage.usage_report`.
 
 Every ``/api/v1`` endpoint needs ``Authorization: Bearer <token>``. The check is a router
@@ -37,6 +40,7 @@ from pydantic import BaseModel, Field
 
 from flows.api_submit import MAX_BODY_BYTES, ApiError, deploy, openapi_request_body, prepare, task_text
 from flows.pipeline import FLOW_NAME
+from flows.report import OUTPUTS_SUFFIX, outputs_of
 
 _bearer = HTTPBearer(
     auto_error=False,  # our own 401, with WWW-Authenticate, for a missing and a wrong token alike
@@ -44,6 +48,16 @@ _bearer = HTTPBearer(
 )
 
 router = APIRouter(prefix="/api/v1")
+
+LOCAL_QUERY = (
+    "Which side of MLOC's work pools the task's deployment mloc/<name> is on. "
+    "`true`: the local process pool, in the queue of the task's GPU type, served by `mloc worker` on a plain "
+    "machine (as `mloc deploy --local`). `false`: the cluster (Kubernetes) pool of the task's GPU type "
+    "(as `mloc deploy`). Left out: an existing deployment stays on the side it is on, and a new one goes "
+    "to the cluster. The API never moves an existing deployment from one side to the other: a value that "
+    "contradicts it is a 409 that changes nothing and creates no run. Within a side, a changed GPU type "
+    "moves it to that type's pool or queue, and the response says so (previous_work_pool, previous_work_queue)."
+)
 
 
 class SubmittedTask(BaseModel):
@@ -54,6 +68,16 @@ class SubmittedTask(BaseModel):
         description="What the submission did to the deployment: created, updated or unchanged."
     )
     work_pool: str = Field(description="The work pool whose workers will run it.")
+    work_queue: str = Field(
+        description="The pool's queue: on the local pool the task's GPU type, any-gpu or cpu; 'default' on the cluster."
+    )
+    previous_work_pool: str | None = Field(
+        description="The pool the deployment was on when this submission moved it to another (its GPU type "
+        "changed); null when it is new or stayed on its pool."
+    )
+    previous_work_queue: str | None = Field(
+        description="Likewise the queue it was in, when this submission changed it; null otherwise."
+    )
     state: str | None = Field(description="The run's state type: SCHEDULED until a worker picks it up.")
 
 
@@ -65,10 +89,42 @@ class RunState(BaseModel):
 
 
 class RunArtifact(BaseModel):
-    key: str | None = Field(description="Stable per task: <name>-progress, <name>-eval, <name>-report.")
+    key: str | None = Field(description="Stable per task: <name>-progress, <name>-eval, <name>-report, <name>-outputs.")
     type: str | None = Field(description="progress, table, markdown, ...")
     description: str | None = None
     created: datetime | None = None
+
+
+class InputLineage(BaseModel):
+    source_type: str = Field(description="local, s3 or huggingface.")
+    identifier: str = Field(description="The model or dataset: a Hub repo id, an s3:// URL or a local path.")
+    revision: str = Field(
+        description="What was downloaded: the Hub commit; for S3 a sha256 over its objects' keys and ETags; 'local'."
+    )
+    content_hash: str = Field(description="sha256:<hex> over the files used (their paths and sha256s).")
+
+
+class RunOutputs(BaseModel):
+    """What a completed run produced, as its mloc-manifest.json records it."""
+
+    uri: str = Field(
+        description="Where the outputs were uploaded: spec.output.destination (for a task with a schedule, its "
+        "version's folder) as file://, s3:// or hf://<repo>@<commit>."
+    )
+    manifest: str = Field(description="The mloc-manifest.json beside them: this lineage plus every file's sha256.")
+    version: str | None = Field(description="The version this run wrote, for a task with a schedule; else null.")
+    metrics: dict[str, float | None] = Field(
+        description="eval_loss, perplexity, their _before values and eval_loss_reduction, unrounded, as measured "
+        "(those of an evaluation that was disabled are left out)."
+    )
+    base_model: InputLineage | None = Field(description="The model trained from.")
+    dataset: InputLineage | None = Field(description="The dataset trained on.")
+    reward_model: InputLineage | None = Field(description="The reward model, for the tasks that use one.")
+    task_sha256: str = Field(description="sha256 of the validated task as the run ran it.")
+    task_yaml_sha256: str | None = Field(
+        description="sha256 of the task.yaml text it was deployed or submitted from; null when the flow was "
+        "started without one."
+    )
 
 
 class TaskStatus(BaseModel):
@@ -86,6 +142,10 @@ class TaskStatus(BaseModel):
     artifacts: list[RunArtifact] = Field(
         description="What the run published so far; the flow's return value itself is not persisted."
     )
+    outputs: RunOutputs | None = Field(
+        description="Once the run is COMPLETED: where its outputs were uploaded, its metrics and lineage. "
+        "Null before, and for a run that failed or was cancelled (nothing was uploaded, or not all of it)."
+    )
 
 
 @router.post(
@@ -93,7 +153,13 @@ class TaskStatus(BaseModel):
     status_code=201,
     openapi_extra={"requestBody": openapi_request_body()},
     responses={
-        409: {"description": "The task's work pool does not exist on the Prefect server."},
+        409: {
+            "description": "Nothing was changed and no run was created: the task's work pool does not exist on "
+            "the Prefect server (run `mloc pools apply`), or `local` contradicts where the existing deployment "
+            "is (the local process pool or a cluster pool). The detail names the deployment, its pool, how it "
+            "was deployed and what to do: resubmit with the `local` it has (or without `local`), or move it "
+            "deliberately with `mloc deploy [--local]`."
+        },
         413: {"description": f"The body is over {MAX_BODY_BYTES} bytes."},
         415: {"description": "Not YAML, plain text or JSON."},
         422: {"description": "Not a valid task: every issue, as `mloc validate --json` lists them."},
@@ -102,30 +168,35 @@ class TaskStatus(BaseModel):
 async def submit_task(
     request: Request,
     response: Response,
-    local: Annotated[
-        bool, Query(description="Deploy on the local process pool instead of the pool of the task's GPU type.")
-    ] = False,
+    local: Annotated[bool | None, Query(description=LOCAL_QUERY)] = None,
 ) -> SubmittedTask:
-    """Validate a task.yaml, create or update its deployment mloc/<name>, and start one run of it."""
+    """Validate a task.yaml, create or update its deployment mloc/<name>, and start one run of it.
+
+    An existing deployment is never moved between the local process pool and the cluster's
+    pools: see the `local` parameter."""
     from prefect import get_client
 
     text = task_text(request.headers.get("content-type"), await _read_body(request))
     # validating, planning and deploying block (a temporary file, Prefect's sync client): off the event loop
-    p = await anyio.to_thread.run_sync(functools.partial(prepare, text, local=local))
-    action, deployment_id = await anyio.to_thread.run_sync(deploy, p)
+    planned = await anyio.to_thread.run_sync(functools.partial(prepare, text, local=local))
+    deployed = await anyio.to_thread.run_sync(deploy, planned)
+    p = deployed.plan
     async with get_client() as client:
         # The parameters of this submission, not only the deployment's defaults: another submission
         # of the same name landing in between cannot change what this run runs.
         run = await client.create_flow_run_from_deployment(
-            deployment_id, name=p.name, parameters=p.parameters, job_variables=p.job_variables
+            deployed.deployment_id, name=p.name, parameters=p.parameters, job_variables=p.job_variables
         )
     response.headers["Location"] = f"{request.url.path}/{run.id}"
     return SubmittedTask(
         id=run.id,
         name=run.name,
         deployment=f"{FLOW_NAME}/{p.name}",
-        deployment_action=action,
+        deployment_action=deployed.action,
         work_pool=p.pool.name,
+        work_queue=p.work_queue or "default",
+        previous_work_pool=deployed.previous_work_pool,
+        previous_work_queue=deployed.previous_work_queue,
         state=run.state.type.value if run.state else None,
     )
 
@@ -165,6 +236,12 @@ async def read_task(run_id: UUID) -> TaskStatus:
             sort=ArtifactSort.CREATED_DESC,
         )
     state = run.state
+    outputs = None
+    if state is not None and state.is_completed():
+        # newest first: a run has one, but a retried flow run could publish it again
+        published = [a for a in artifacts if a.type == "table" and (a.key or "").endswith(OUTPUTS_SUFFIX)]
+        if published:
+            outputs = RunOutputs.model_validate(outputs_of(published[0].data))
     return TaskStatus(
         id=run.id,
         name=run.name,
@@ -182,6 +259,7 @@ async def read_task(run_id: UUID) -> TaskStatus:
         artifacts=[
             RunArtifact(key=a.key, type=a.type, description=a.description, created=a.created) for a in artifacts
         ],
+        outputs=outputs,
     )
 
 

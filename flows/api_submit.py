@@ -23,7 +23,7 @@ from configs.yamlsource import parse
 from flows.deploy import Plan, apply, plan
 from flows.pipeline import FLOW_NAME
 from tasks.registry import TASK_TYPES, runnable
-from work_pools import PoolError
+from work_pools import PoolError, pool_named
 
 SOURCE_NAME = "<request>"  # the "file" of every issue, as `mloc validate` names a file
 MAX_BODY_BYTES = 1024 * 1024  # a task.yaml is a few KiB; anything near this is not one
@@ -74,8 +74,12 @@ def task_text(content_type: str | None, body: bytes) -> str:
         raise ApiError(422, "the body is not UTF-8 text") from None
 
 
-def prepare(text: str, *, local: bool) -> Plan:
-    """Validate a submitted task.yaml and plan its deployment; raises :class:`ApiError` (422) with every issue."""
+def prepare(text: str, *, local: bool | None) -> Plan:
+    """Validate a submitted task.yaml and plan its deployment; raises :class:`ApiError` (422) with every issue.
+
+    ``local=None`` keeps an existing deployment on its side (the local process pool or the
+    cluster's pools) and puts a new one on the cluster pool of its GPU type.
+    """
     result = validate_text(text, SOURCE_NAME, TASK_TYPES)
     if result.task is None:
         raise ApiError(422, f"the task.yaml is not valid: {len(result.issues)} error(s)", result.issues)
@@ -86,6 +90,8 @@ def prepare(text: str, *, local: bool) -> Plan:
     if not runnable(task.spec.task_type):
         # deploying it would only queue a run that fails at once on the worker
         raise ApiError(422, f"taskType '{task.spec.task_type}' cannot be run by this MLOC version yet")
+    if local is None:
+        local = deployed_locally(task.metadata.name) is True
     with tempfile.TemporaryDirectory(prefix="mloc-api-") as folder:
         path = Path(folder) / "task.yaml"
         path.write_bytes(text.encode("utf-8"))  # plan() hashes the file's bytes, as `mloc deploy` does
@@ -95,7 +101,7 @@ def prepare(text: str, *, local: bool) -> Plan:
             raise ApiError(422, str(exc)) from None
     # Every local path is absolute (checked above), so base_dir is never read; a fixed "/" keeps
     # the deployment identical for identical text, where the temporary folder would make every
-    # submission an update.
+    # submission an update (deploy() keeps the base_dir of an existing deployment, for the same reason).
     return dataclasses.replace(planned, parameters={**planned.parameters, "base_dir": "/"})
 
 
@@ -134,8 +140,57 @@ def _local_paths(value: Any, loc: Loc) -> Iterator[tuple[Loc, str]]:
             yield from _local_paths(item, (*loc, str(key)))
 
 
-def deploy(p: Plan) -> tuple[str, UUID]:
-    """Create or update ``mloc/<name>``; returns the action and the deployment's id.
+@dataclasses.dataclass(frozen=True)
+class Deployed:
+    """What :func:`deploy` did: the action, the deployment, the plan it applied, and where it was before."""
+
+    action: str
+    deployment_id: UUID
+    plan: Plan
+    previous_work_pool: str | None  # None: new, or still on the same pool
+    previous_work_queue: str | None
+
+
+def deployed_locally(name: str) -> bool | None:
+    """Whether ``mloc/<name>`` is on a process pool (True), a cluster pool (False), or nowhere known (None)."""
+    from prefect import get_client
+
+    with get_client(sync_client=True) as client:
+        existing = _existing(client, name)
+        return None if existing is None else _on_process_pool(client, existing.work_pool_name)
+
+
+def _existing(client: Any, name: str) -> Any:
+    from prefect.exceptions import ObjectNotFound
+
+    try:
+        return client.read_deployment_by_name(f"{FLOW_NAME}/{name}")
+    except ObjectNotFound:
+        return None
+
+
+def _on_process_pool(client: Any, pool_name: str | None) -> bool | None:
+    from prefect.exceptions import ObjectNotFound
+
+    if pool_name is None:
+        return None
+    try:
+        return bool(client.read_work_pool(pool_name).type == "process")
+    except ObjectNotFound:  # deleted since; MLOC's definition still says what it was
+        try:
+            return pool_named(pool_name).kind == "process"
+        except KeyError:
+            return None
+
+
+def deploy(p: Plan) -> Deployed:
+    """Create or update ``mloc/<name>``; never moves it between a process pool and the cluster's pools.
+
+    A deployment on the local process pool has a worker on some machine serving it, one on
+    a cluster pool the cluster's workers: moved to the other side, its runs would wait, Late,
+    for a worker that may not exist. So that move is a 409 and changes nothing; `mloc deploy`
+    makes it deliberately. Within a side, the pool or queue follows the task's GPU type, and
+    :class:`Deployed` says where it was before.
 
     Blocking: it reuses :func:`flows.deploy.apply`, the one deploy path `mloc deploy` takes,
     with Prefect's sync client, so the API calls it in a worker thread.
@@ -150,9 +205,42 @@ def deploy(p: Plan) -> tuple[str, UUID]:
             raise ApiError(
                 409, f"work pool '{p.pool.name}' does not exist on the Prefect server — run `mloc pools apply` first"
             ) from None
+        existing = _existing(client, p.name)
+        previous_pool = previous_queue = None
+        if existing is not None:
+            on_process = _on_process_pool(client, existing.work_pool_name)
+            if on_process is not None and on_process != (p.pool.kind == "process"):
+                raise ApiError(409, _move_refused(p, existing.work_pool_name, on_process))
+            base_dir = existing.parameters.get("base_dir")
+            if isinstance(base_dir, str):
+                # every local path of a submission is absolute, so base_dir is never read; keeping the one
+                # there (`mloc deploy` writes the file's folder) leaves an unchanged task's deployment, and
+                # the runs its schedule has made, as they are
+                p = dataclasses.replace(p, parameters={**p.parameters, "base_dir": base_dir})
+            if existing.work_pool_name != p.pool.name:
+                previous_pool = existing.work_pool_name
+            if existing.work_queue_name != (p.work_queue or "default"):
+                previous_queue = existing.work_queue_name
         action = apply(p, client)
         deployment = client.read_deployment_by_name(f"{FLOW_NAME}/{p.name}")
-    return action, deployment.id
+    return Deployed(action, deployment.id, p, previous_pool, previous_queue)
+
+
+def _move_refused(p: Plan, pool: str, on_process: bool) -> str:
+    name = f"{FLOW_NAME}/{p.name}"
+    if on_process:
+        where = f"the local process pool '{pool}', as `mloc deploy --local` (or ?local=true) deploys it"
+        keep, move = "true", "`mloc deploy <task.yaml>`"
+    else:
+        where = f"the cluster pool '{pool}', as `mloc deploy` (or ?local=false) deploys it"
+        keep, move = "false", "`mloc deploy --local <task.yaml>`"
+    return (
+        f"deployment {name} is on {where}; this submission would move it to work pool '{p.pool.name}', "
+        "whose workers are not the ones serving it now, so its runs could wait there with none to pick them up. "
+        f"Nothing was changed and no run was created. Resubmit with ?local={keep} (or without local) to run it "
+        f"where it is, or move it deliberately with {move} (or delete it: `prefect deployment delete {name}`) "
+        "and submit again."
+    )
 
 
 def openapi_request_body() -> dict[str, Any]:

@@ -224,6 +224,7 @@ def pipeline(task: Task, base_dir: str = ".", task_yaml_sha256: str | None = Non
     if task_.spec.schedule is not None:  # retraining: every run is kept, under its own version
         manifest["version"] = f"{finished:%Y%m%dT%H%M%SZ}-{manifest['flow_run_id'][:8]}"
     uploaded = upload_step(task_, staging, manifest, root)
+    report.publish_outputs(task_, uploaded, manifest)
     return {
         "name": task_.metadata.name,
         "output": uploaded["uri"],

@@ -183,3 +183,44 @@ def manifest(
         "hardware": {"gpu_type": gpu.type, "gpu_count": gpu.count, "replicas": task.spec.resources.replicas},
         "artifacts": list(task.spec.output.artifacts),
     }
+
+
+OUTPUTS_SUFFIX = "-outputs"  # the outputs artifact's key is <metadata.name>-outputs
+
+
+def publish_outputs(task: TrainingTask, uploaded: dict[str, Any], manifest: dict[str, Any]) -> None:
+    """The outputs artifact: where the upload landed, its metrics and the manifest's lineage.
+
+    The flow's return value is not persisted and a flow-run pod's disk is gone with it, so
+    this is how the REST API (:func:`outputs_of`) and the UI learn what a run produced.
+    Published only after the upload (and the latest pointer) are complete: a run that has
+    it has outputs to show. One ``field``/``value`` row each: a table the UI shows as a
+    list, whose data is JSON the API reads back as it was written.
+    """
+    from prefect.artifacts import create_table_artifact
+
+    from tasks.upload import MANIFEST
+
+    fields = {
+        "uri": uploaded["uri"],
+        "manifest": f"{uploaded['uri']}/{MANIFEST}",
+        "version": manifest.get("version"),
+        "metrics": manifest["metrics"],
+        "base_model": manifest["base_model"],
+        "dataset": manifest["dataset"],
+        "reward_model": manifest["reward_model"],
+        "task_sha256": manifest["task_sha256"],
+        "task_yaml_sha256": manifest["task_yaml_sha256"],
+    }
+    name = task.metadata.name
+    create_table_artifact(
+        [{"field": k, "value": v} for k, v in fields.items()],
+        key=f"{name}{OUTPUTS_SUFFIX}",
+        description=f"Outputs of {name}: where they were uploaded, metrics, lineage",
+    )
+
+
+def outputs_of(table_data: Any) -> dict[str, Any]:
+    """The fields :func:`publish_outputs` wrote, from its artifact's data (Prefect keeps a table as JSON text)."""
+    rows = json.loads(table_data) if isinstance(table_data, str) else table_data
+    return {row["field"]: row["value"] for row in rows}

@@ -1,11 +1,12 @@
 """The REST facade end to end: `mloc api` in a subprocess, spoken to over HTTP, on a real Prefect API.
 
-Nothing here executes a flow run (no worker): a submission is done once its deployment
-exists and its run is SCHEDULED on the right pool.
+A submission is done once its deployment exists and its run is SCHEDULED on the right
+pool; only the outputs test executes a run (as a worker would) to read what it produced.
 """
 
 from __future__ import annotations
 
+import hashlib
 import json
 import secrets
 import subprocess
@@ -13,6 +14,8 @@ import uuid
 from collections.abc import Callable, Iterator
 from datetime import date, timedelta
 from pathlib import Path
+from urllib.parse import urlparse
+from urllib.request import url2pathname
 
 import httpx
 import pytest
@@ -167,6 +170,9 @@ def test_a_valid_task_is_deployed_and_gets_one_scheduled_run(api: Api, tmp_path:
         "deployment": f"mloc/{name}",
         "deployment_action": "created",
         "work_pool": "local",
+        "work_queue": "cpu",
+        "previous_work_pool": None,
+        "previous_work_queue": None,
         "state": "SCHEDULED",
     }
     assert response.headers["location"] == f"/api/v1/tasks/{created['id']}"
@@ -196,6 +202,7 @@ def test_a_valid_task_is_deployed_and_gets_one_scheduled_run(api: Api, tmp_path:
     assert got["state"]["type"] == "SCHEDULED" and got["state"]["name"] == "Scheduled"
     assert got["tags"] == sorted(run["tags"]) and got["work_pool"] == "local"
     assert got["start_time"] is None and got["end_time"] is None and got["artifacts"] == []
+    assert got["outputs"] is None
 
 
 def test_by_default_a_task_goes_to_the_pool_of_its_gpu_type(api: Api, tmp_path: Path) -> None:
@@ -205,9 +212,103 @@ def test_by_default_a_task_goes_to_the_pool_of_its_gpu_type(api: Api, tmp_path: 
     )
     assert response.status_code == 201, response.text
     assert response.json()["work_pool"] == "cpu"  # the quickstart asks for no GPU
+    assert response.json()["work_queue"] == "default" and response.json()["previous_work_pool"] is None
     run = api.prefect_call("GET", f"/flow_runs/{response.json()['id']}")
     assert run["work_pool_name"] == "cpu" and run["state"]["type"] == "SCHEDULED"
     assert api.prefect_call("GET", f"/deployments/name/mloc/{name}")["work_pool_name"] == "cpu"
+
+
+def with_gpu(text: str, gpu_type: str) -> str:
+    replaced = text.replace(
+        'memory: "4Gi"\n', f'memory: "4Gi"\n      gpu:\n        type: {gpu_type}\n        count: 1\n'
+    )
+    assert replaced != text, "quickstart.yaml changed"
+    return replaced
+
+
+def test_a_deployment_of_mloc_deploy_local_is_never_moved_off_the_local_pool(api: Api, tmp_path: Path) -> None:
+    """Issue 9: the same task POSTed after `mloc deploy --local` was moved to the cluster's cpu
+    pool, where no worker runs it, and its run sat Late."""
+    from prefect import get_client
+
+    from flows.deploy import apply, plan
+
+    name = unique_name()
+    text = quickstart_text(name, tmp_path / "out")
+    task_file = tmp_path / "task.yaml"
+    task_file.write_bytes(text.encode())
+    task = validate_text(text, str(task_file), TASK_TYPES).task
+    assert task is not None
+    with get_client(sync_client=True) as client:  # what `mloc deploy --local task.yaml` does
+        assert apply(plan(task, task_file, local=True), client) == "created"
+    deployed = api.prefect_call("GET", f"/deployments/name/mloc/{name}")
+    assert deployed["work_pool_name"] == "local" and deployed["parameters"]["base_dir"] == str(tmp_path)
+
+    # without `local`: it stays where it is, untouched, and the run goes there
+    response = post(f"{api.url}/api/v1/tasks", content=text, headers=api.auth(**YAML))
+    assert response.status_code == 201, response.text
+    body = response.json()
+    assert body["work_pool"] == "local", body  # it was moved to the cluster's "cpu" pool
+    assert (body["work_queue"], body["previous_work_pool"], body["deployment_action"]) == ("cpu", None, "unchanged")
+    assert api.prefect_call("GET", f"/deployments/{deployed['id']}") == deployed
+    run = api.prefect_call("GET", f"/flow_runs/{body['id']}")
+    assert (run["work_pool_name"], run["work_queue_name"], run["deployment_id"]) == ("local", "cpu", deployed["id"])
+    shown = get(f"{api.url}/api/v1/tasks/{body['id']}", headers=api.auth()).json()
+    assert (shown["work_pool"], shown["state"]["type"], shown["outputs"]) == ("local", "SCHEDULED", None)
+
+    # asking for the cluster: refused, and nothing changes
+    before = api.counts()
+    response = post(f"{api.url}/api/v1/tasks?local=false", content=text, headers=api.auth(**YAML))
+    assert response.status_code == 409, response.text
+    detail = response.json()["detail"]
+    for said in (f"mloc/{name}", "'local'", "mloc deploy --local", "'cpu'", "?local=true", "`mloc deploy <task.yaml>`"):
+        assert said in detail, (said, detail)
+    assert "no run was created" in detail
+    assert api.counts() == before
+    assert api.prefect_call("GET", f"/deployments/{deployed['id']}") == deployed
+
+
+def test_a_changed_gpu_type_moves_it_within_its_side_and_says_so(api: Api, tmp_path: Path) -> None:
+    cpu_only = quickstart_text(unique_name(), tmp_path / "out")
+    first = post(f"{api.url}/api/v1/tasks", content=cpu_only, headers=api.auth(**YAML))
+    assert first.status_code == 201 and first.json()["work_pool"] == "cpu", first.text
+    on_t4 = post(f"{api.url}/api/v1/tasks", content=with_gpu(cpu_only, "nvidia-t4"), headers=api.auth(**YAML))
+    assert on_t4.status_code == 201, on_t4.text
+    body = on_t4.json()
+    assert (body["deployment_action"], body["work_pool"], body["previous_work_pool"]) == (
+        "updated",
+        "nvidia-t4",
+        "cpu",
+    )
+    assert body["previous_work_queue"] is None  # the cluster pools have the one queue, 'default'
+    name = body["name"]
+    assert api.prefect_call("GET", f"/deployments/name/mloc/{name}")["work_pool_name"] == "nvidia-t4"
+
+    # from the cluster to the local pool: refused as the other way round is
+    before = api.counts()
+    refused = post(f"{api.url}/api/v1/tasks?local=true", content=cpu_only, headers=api.auth(**YAML))
+    assert refused.status_code == 409, refused.text
+    assert "cluster pool 'nvidia-t4'" in refused.json()["detail"] and "?local=false" in refused.json()["detail"]
+    assert api.counts() == before
+    assert api.prefect_call("GET", f"/deployments/name/mloc/{name}")["work_pool_name"] == "nvidia-t4"
+
+    # on the local pool a GPU type is a queue
+    local = quickstart_text(unique_name(), tmp_path / "out")
+    assert post(f"{api.url}/api/v1/tasks?local=true", content=local, headers=api.auth(**YAML)).status_code == 201
+    moved = post(f"{api.url}/api/v1/tasks", content=with_gpu(local, "nvidia-t4"), headers=api.auth(**YAML))
+    assert moved.status_code == 201, moved.text
+    body = moved.json()
+    assert (body["work_pool"], body["work_queue"]) == ("local", "nvidia-t4")
+    assert (body["previous_work_pool"], body["previous_work_queue"]) == (None, "cpu")
+
+
+def test_the_local_parameter_is_documented_in_the_schema(api: Api) -> None:
+    post_op = get(f"{api.url}/openapi.json").json()["paths"]["/api/v1/tasks"]["post"]
+    [local] = [p for p in post_op["parameters"] if p["name"] == "local"]
+    assert local["in"] == "query" and not local.get("required", False)
+    for said in ("mloc deploy --local", "Left out", "never moves", "409", "previous_work_pool"):
+        assert said in local["description"], said
+    assert "contradicts where the existing deployment" in post_op["responses"]["409"]["description"]
 
 
 def test_a_task_no_pool_or_version_can_run_is_refused_and_nothing_is_registered(api: Api) -> None:
@@ -216,13 +317,13 @@ def test_a_task_no_pool_or_version_can_run_is_refused_and_nothing_is_registered(
         (CONFIGS / "sft_mistral_7b.yaml")
         .read_text()
         .replace("name: sft-mistral-7b-on-dolly", f"name: {name}")
-        .replace("count: 4", "count: 64")
+        .replace("count: 4", "count: 16")  # valid (at most 16), but an A100 node has 8
     )
     not_yet = (CONFIGS / "rm_qwen_helpfulness.yaml").read_text().replace("name: rm-qwen-helpfulness", f"name: {name}")
     before = api.counts()
     response = post(f"{api.url}/api/v1/tasks", content=too_big, headers=api.auth(**YAML))
     assert response.status_code == 422, response.text
-    assert "64" in response.json()["detail"] and "gpu.count" in response.json()["detail"]
+    assert "asks for 16 GPUs" in response.json()["detail"] and "gpu.count" in response.json()["detail"]
     response = post(f"{api.url}/api/v1/tasks", content=not_yet, headers=api.auth(**YAML))
     assert response.status_code == 422, response.text
     assert response.json()["detail"] == "taskType 'rm' cannot be run by this MLOC version yet"
@@ -272,6 +373,60 @@ def test_unknown_malformed_and_foreign_run_ids(api: Api) -> None:
     foreign = api.prefect_call("POST", "/flow_runs/", {"flow_id": flow["id"], "name": "foreign"})
     response = get(f"{api.url}/api/v1/tasks/{foreign['id']}", headers=api.auth())
     assert response.status_code == 404, response.text
+
+
+@pytest.mark.e2e
+def test_a_completed_run_gives_its_outputs(api: Api, tmp_path: Path) -> None:
+    """The quickstart submitted, then executed as a worker executes a flow run, in a process of
+    its own; its outputs as the API reads them back, against what landed at the destination."""
+    name = unique_name()
+    out = tmp_path / "out"
+    text = quickstart_text(name, out).replace("max_steps: 60", "max_steps: 20")  # enough for the loss to drop
+    submitted = post(f"{api.url}/api/v1/tasks?local=true", content=text, headers=api.auth(**YAML))
+    assert submitted.status_code == 201, submitted.text
+    run_id = submitted.json()["id"]
+    assert get(f"{api.url}/api/v1/tasks/{run_id}", headers=api.auth()).json()["outputs"] is None
+
+    env = subprocess_env(api.prefect, tmp_path / "prefect", MLOC_HOME=str(tmp_path / "home"))
+    executed = subprocess.run(
+        [str(BIN / "prefect"), "flow-run", "execute", run_id],
+        env=env,
+        cwd=tmp_path,
+        capture_output=True,
+        text=True,
+        timeout=900,
+    )
+    assert executed.returncode == 0, executed.stdout[-4000:] + executed.stderr[-4000:]
+
+    status = get(f"{api.url}/api/v1/tasks/{run_id}", headers=api.auth())
+    assert status.status_code == 200, status.text
+    got = status.json()
+    assert got["state"]["type"] == "COMPLETED", got["state"]
+    outputs = got["outputs"]
+    assert outputs["uri"] == out.as_uri() and outputs["version"] is None
+    assert outputs["manifest"] == f"{out.as_uri()}/mloc-manifest.json"
+    manifest = json.loads(Path(url2pathname(urlparse(outputs["manifest"]).path)).read_text())
+    assert manifest["flow_run_id"] == run_id
+    assert outputs["metrics"] == manifest["metrics"]
+    assert outputs["metrics"]["eval_loss"] < outputs["metrics"]["eval_loss_before"]
+    for field in ("base_model", "dataset", "reward_model", "task_sha256", "task_yaml_sha256"):
+        assert outputs[field] == manifest[field], field
+    assert outputs["task_yaml_sha256"] == hashlib.sha256(text.encode()).hexdigest()
+    assert outputs["dataset"]["identifier"] == f"{CONFIGS}/quickstart/qa.jsonl"
+    assert f"{name}-outputs" in {a["key"] for a in got["artifacts"]}
+
+    # the same figures as the run's evaluation table (which shows them to 4 significant digits)
+    [table] = api.prefect_call(
+        "POST",
+        "/artifacts/filter",
+        {"artifacts": {"flow_run_id": {"any_": [run_id]}, "key": {"any_": [f"{name}-eval"]}}},
+    )
+    rows = {row["metric"]: row for row in json.loads(table["data"])}
+    metrics = outputs["metrics"]
+    assert rows["eval_loss"]["after"] == pytest.approx(metrics["eval_loss"], rel=1e-3)
+    assert rows["eval_loss"]["before"] == pytest.approx(metrics["eval_loss_before"], rel=1e-3)
+    assert rows["perplexity"]["after"] == pytest.approx(metrics["perplexity"], rel=1e-3)
+    assert rows["perplexity"]["before"] == pytest.approx(metrics["perplexity_before"], rel=1e-3)
 
 
 # --- usage ------------------------------------------------------------------------------------

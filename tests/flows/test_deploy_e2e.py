@@ -187,7 +187,7 @@ def test_a_task_that_cannot_run_is_refused_and_nothing_is_registered(server: dic
     text = (CONFIGS / "sft_mistral_7b.yaml").read_text()
     too_many = tmp_path / "too-many.yaml"
     too_many.write_text(
-        text.replace("name: sft-mistral-7b-on-dolly", "name: too-many-gpus").replace("count: 4", "count: 64")
+        text.replace("name: sft-mistral-7b-on-dolly", "name: too-many-gpus").replace("count: 4", "count: 16")
     )
     fine = tmp_path / "fine.yaml"
     fine.write_text(text.replace("name: sft-mistral-7b-on-dolly", "name: fine-but-not-alone"))
@@ -195,7 +195,11 @@ def test_a_task_that_cannot_run_is_refused_and_nothing_is_registered(server: dic
     not_yet = CONFIGS / "dpo_mistral_ultrafeedback.yaml"
     refused = cli(env, "mloc", "deploy", str(fine), str(too_many), str(not_yet))
     assert refused.returncode == 1
-    assert "too-many.yaml" in refused.stderr and "64" in refused.stderr and "nothing was deployed" in refused.stderr
+    assert (
+        "too-many.yaml" in refused.stderr
+        and "asks for 16 GPUs per replica but a nvidia-a100-80gb node offers at most 8" in refused.stderr
+        and "nothing was deployed" in refused.stderr
+    )
     assert f"{not_yet}: taskType 'dpo' cannot be run by this MLOC version yet" in refused.stderr
     names = [d["name"] for d in api(env, "POST", "/deployments/filter", {})]
     assert not {"fine-but-not-alone", "too-many-gpus", "dpo-mistral-7b-ultrafeedback"} & set(names)
