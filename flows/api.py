@@ -34,6 +34,7 @@ from uuid import UUID
 
 import anyio
 from fastapi import APIRouter, Depends, FastAPI, HTTPException, Query, Request, Response
+from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from fastapi.security import HTTPAuthorizationCredentials, HTTPBearer
 from pydantic import BaseModel, Field
@@ -48,6 +49,29 @@ _bearer = HTTPBearer(
 )
 
 router = APIRouter(prefix="/api/v1")
+
+
+class Issue(BaseModel):
+    """One problem of a submitted task.yaml, as `mloc validate --json` lists it."""
+
+    file: str = Field(description="Always <request>.")
+    line: int
+    column: int
+    field: str = Field(description="The dotted path of the field, e.g. spec.hyperparameters.learning_rate.")
+    message: str = Field(description="What is wrong.")
+    hint: str = Field(description="How to fix it.")
+
+
+class ErrorBody(BaseModel):
+    """Every error answer of the API: what went wrong and, for a refused task.yaml, each issue."""
+
+    detail: str = Field(description="What went wrong, and what to do.")
+    errors: list[Issue] | None = Field(None, description="The task.yaml's issues, for a 422 on a submission.")
+
+
+def _error(description: str) -> dict[str, Any]:
+    return {"description": description, "model": ErrorBody}
+
 
 LOCAL_QUERY = (
     "Which side of MLOC's work pools the task's deployment mloc/<name> is on. "
@@ -153,16 +177,16 @@ class TaskStatus(BaseModel):
     status_code=201,
     openapi_extra={"requestBody": openapi_request_body()},
     responses={
-        409: {
-            "description": "Nothing was changed and no run was created: the task's work pool does not exist on "
+        409: _error(
+            "Nothing was changed and no run was created: the task's work pool does not exist on "
             "the Prefect server (run `mloc pools apply`), or `local` contradicts where the existing deployment "
             "is (the local process pool or a cluster pool). The detail names the deployment, its pool, how it "
             "was deployed and what to do: resubmit with the `local` it has (or without `local`), or move it "
             "deliberately with `mloc deploy [--local]`."
-        },
-        413: {"description": f"The body is over {MAX_BODY_BYTES} bytes."},
-        415: {"description": "Not YAML, plain text or JSON."},
-        422: {"description": "Not a valid task: every issue, as `mloc validate --json` lists them."},
+        ),
+        413: _error(f"The body is over {MAX_BODY_BYTES} bytes."),
+        415: _error("Not YAML, plain text or JSON."),
+        422: _error("Not a valid task: every issue, as `mloc validate --json` lists them, in `errors`."),
     },
 )
 async def submit_task(
@@ -211,7 +235,10 @@ async def _read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-@router.get("/tasks/{run_id}", responses={404: {"description": "No MLOC run has this id."}})
+@router.get(
+    "/tasks/{run_id}",
+    responses={404: _error("No MLOC run has this id."), 422: _error("The id is not a UUID.")},
+)
 async def read_task(run_id: UUID) -> TaskStatus:
     """The state of a run created by POST /api/v1/tasks (or any run of an MLOC deployment)."""
     from prefect import get_client
@@ -263,7 +290,12 @@ async def read_task(run_id: UUID) -> TaskStatus:
     )
 
 
-@router.get("/stats")
+@router.get(
+    "/stats",
+    responses={
+        422: _error("A date is not YYYY-MM-DD, the start is after the end, or the window is past the calendar.")
+    },
+)
 async def read_stats(
     start_date: Annotated[date, Query(description="The first day counted, YYYY-MM-DD.")],
     end_date: Annotated[date, Query(description="The last day counted, YYYY-MM-DD.")],
@@ -277,7 +309,10 @@ async def read_stats(
     from flows.usage import usage_report  # its own module and owner; only this endpoint needs it
 
     report = functools.partial(usage_report, user=user, project=project, start_date=start_date, end_date=end_date)
-    result: dict[str, Any] = await anyio.to_thread.run_sync(report)
+    try:
+        result: dict[str, Any] = await anyio.to_thread.run_sync(report)
+    except ValueError as exc:  # a window the calendar cannot hold
+        raise ApiError(422, str(exc)) from None
     return result
 
 
@@ -285,6 +320,18 @@ async def _api_error(request: Request, exc: Exception) -> Response:
     if not isinstance(exc, ApiError):  # registered for ApiError only; Starlette's signature is wider
         raise exc
     return JSONResponse(exc.body(), status_code=exc.status)
+
+
+async def _request_error(request: Request, exc: Exception) -> Response:
+    """FastAPI's own 422 (a query parameter that is not a date, an id that is not a UUID) in the
+    same ErrorBody shape as every other error."""
+    if not isinstance(exc, RequestValidationError):
+        raise exc
+    parts = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error.get("loc", ()) if part not in ("query", "path"))
+        parts.append(f"{where or 'request'}: {error.get('msg', 'invalid')}")
+    return JSONResponse({"detail": "invalid request — " + "; ".join(parts)}, status_code=422)
 
 
 def create_app(token: str) -> FastAPI:
@@ -307,7 +354,8 @@ def create_app(token: str) -> FastAPI:
     app.include_router(
         router,
         dependencies=[Depends(require_token)],
-        responses={401: {"description": "Missing or wrong bearer token."}},
+        responses={401: _error("Missing or wrong bearer token.")},
     )
     app.add_exception_handler(ApiError, _api_error)
+    app.add_exception_handler(RequestValidationError, _request_error)
     return app

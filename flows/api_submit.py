@@ -84,9 +84,11 @@ def prepare(text: str, *, local: bool | None) -> Plan:
     if result.task is None:
         raise ApiError(422, f"the task.yaml is not valid: {len(result.issues)} error(s)", result.issues)
     task = result.task
-    relative = relative_local_paths(task, text)
-    if relative:
-        raise ApiError(422, "local paths in a submitted task.yaml must be absolute", relative)
+    misplaced = local_path_issues(task, text, local_roots())
+    if misplaced:
+        raise ApiError(
+            422, f"local paths in a submitted task.yaml must be absolute and under {LOCAL_ROOTS_ENV}", misplaced
+        )
     if not runnable(task.spec.task_type):
         # deploying it would only queue a run that fails at once on the worker
         raise ApiError(422, f"taskType '{task.spec.task_type}' cannot be run by this MLOC version yet")
@@ -105,24 +107,53 @@ def prepare(text: str, *, local: bool | None) -> Plan:
     return dataclasses.replace(planned, parameters={**planned.parameters, "base_dir": "/"})
 
 
-def relative_local_paths(task: TrainingTask | InferenceTask, text: str) -> list[ConfigIssue]:
-    """An issue, at its line, for each local source or destination whose path is relative."""
+LOCAL_ROOTS_ENV = "MLOC_API_LOCAL_ROOTS"
+
+
+def local_roots() -> list[str]:
+    """The folders submitted tasks may read and write on the workers: ``MLOC_API_LOCAL_ROOTS``,
+    absolute paths separated by ':'. Unset or empty: none, so a submission can name no local
+    path at all (S3 and the Hub only) — a request must not reach /etc or a worker's ~/.ssh.
+    Raises ValueError for a root that is not absolute."""
+    import os
+
+    roots = [r for r in os.environ.get(LOCAL_ROOTS_ENV, "").split(":") if r]
+    wrong = [r for r in roots if not r.startswith("/")]
+    if wrong:
+        raise ValueError(f"{LOCAL_ROOTS_ENV}: {', '.join(wrong)} is not an absolute path")
+    return [os.path.normpath(r) for r in roots]
+
+
+def local_path_issues(task: TrainingTask | InferenceTask, text: str, roots: list[str]) -> list[ConfigIssue]:
+    """An issue, at its line, for each local path of the task (sources, destination,
+    hyperparameters.output_dir) that is relative or outside every root.
+
+    The check is on the text of the path ('..' resolved): the API cannot see the workers'
+    disks, so a symbolic link under a root is the operator's to avoid."""
+    import os
+
     positions = parse(text).positions  # the text is valid YAML: validate_text accepted it
+    found = list(_local_paths(task, ()))
+    if isinstance(task, TrainingTask) and isinstance(task.spec.hyperparameters.get("output_dir"), str):
+        found.append((("spec", "hyperparameters", "output_dir"), task.spec.hyperparameters["output_dir"]))
     issues = []
-    for loc, value in _local_paths(task, ()):
-        if not Path(value).is_absolute():
-            line, column = positions.of_value(loc)
-            issues.append(
-                ConfigIssue(
-                    SOURCE_NAME,
-                    line,
-                    column,
-                    dotted(loc),
-                    f"'{value}' is relative, and a task submitted over the API has no folder it could be relative to",
-                    "write the absolute path it has on the worker",
-                )
-            )
+    for loc, value in found:
+        if not value.startswith("/"):
+            problem = f"'{value}' is relative, and a task submitted over the API has no folder it could be relative to"
+            fix = "write the absolute path it has on the worker"
+        elif not any(_under(os.path.normpath(value), root) for root in roots):
+            allowed = ", ".join(roots) if roots else "none: this API is set up for S3 and Hub paths only"
+            problem = f"'{value}' is outside the folders this API lets tasks use ({LOCAL_ROOTS_ENV}: {allowed})"
+            fix = "use a path under one of them, or an S3 or Hugging Face source or destination"
+        else:
+            continue
+        line, column = positions.of_value(loc)
+        issues.append(ConfigIssue(SOURCE_NAME, line, column, dotted(loc), problem, fix))
     return issues
+
+
+def _under(path: str, root: str) -> bool:
+    return root == "/" or path == root or path.startswith(root.rstrip("/") + "/")
 
 
 def _local_paths(value: Any, loc: Loc) -> Iterator[tuple[Loc, str]]:

@@ -389,11 +389,13 @@ def api(
     from flows.api_token import TokenError, resolve_token
 
     shown = _server_or_exit("mloc api")
+    from flows.api_submit import LOCAL_ROOTS_ENV, local_roots
     from flows.usage import choose_source
 
     try:
         token, source = resolve_token()
         usage_source = choose_source()
+        roots = local_roots()
     except (TokenError, ValueError) as exc:
         typer.echo(f"mloc api: {exc}", err=True)
         raise typer.Exit(2) from None
@@ -408,7 +410,7 @@ def api(
         stats_from = f"database {database_shown()}"
     typer.echo(
         f"mloc api: http://{host}:{port}/api/v1 (docs: /docs), Prefect API {shown}, token from {source}, "
-        f"/stats from the {stats_from}"
+        f"/stats from the {stats_from}, local paths under {', '.join(roots) or f'none ({LOCAL_ROOTS_ENV} is unset)'}"
     )
     uvicorn.run(create_app(token), host=host, port=port)
 

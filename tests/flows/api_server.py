@@ -34,6 +34,14 @@ class Api:
     url: str
     token: str
     prefect: str  # the Prefect API it talks to
+    pid: int = 0  # the `mloc api` process
+
+    def rss_mib(self) -> float:
+        """The process's resident memory now."""
+        for line in Path(f"/proc/{self.pid}/status").read_text().splitlines():
+            if line.startswith("VmRSS:"):
+                return int(line.split()[1]) / 1024
+        raise AssertionError("no VmRSS")
 
     def auth(self, **headers: str) -> dict[str, str]:
         return {"authorization": f"Bearer {self.token}", **headers}
@@ -82,7 +90,7 @@ def serving(prefect_url: str, port: int, home: Path, **extra_env: str) -> Iterat
                 pass
             assert time.monotonic() < deadline, f"mloc api did not answer in 60 s:\n{log.read_text()}"
             time.sleep(0.2)
-        yield Api(url, token, prefect_url)
+        yield Api(url, token, prefect_url, proc.pid)
     finally:
         proc.terminate()
         proc.wait(timeout=30)

@@ -62,7 +62,10 @@ def api(prefect_url: str, port_picker: Callable[[], int], tmp_path_factory: pyte
     import work_pools
 
     work_pools.apply()
-    with serving(prefect_url, port_picker(), tmp_path_factory.mktemp("mloc-api")) as app:
+    # the folders submitted tasks may use: the shipped quickstart's, the tests' own, and where the
+    # brief's reference example (sft_mistral_7b.yaml) puts its checkpoints
+    roots = f"{CONFIGS}:{tmp_path_factory.getbasetemp()}:/artifacts"
+    with serving(prefect_url, port_picker(), tmp_path_factory.mktemp("mloc-api"), MLOC_API_LOCAL_ROOTS=roots) as app:
         yield app
 
 
@@ -156,6 +159,83 @@ def test_relative_local_paths_are_refused_at_their_lines(api: Api) -> None:
         path = error["message"].split("'")[1]
         assert lines[error["line"] - 1].strip() == f"path: {path}"  # the line the user has to fix
     assert api.counts() == before
+
+
+def test_local_paths_outside_the_allowed_folders_are_refused(api: Api, tmp_path: Path) -> None:
+    """Through the API a task may read and write only under MLOC_API_LOCAL_ROOTS; '..' does not escape."""
+    base = quickstart_text(unique_name(), tmp_path / "out")
+    hostile = {
+        "spec.model.source.path": ("path: " + str(CONFIGS / "quickstart/tiny-model"), "path: /etc"),
+        "spec.dataset.source.path": ("path: " + str(CONFIGS / "quickstart/qa.jsonl"), "path: /etc/passwd"),
+        "spec.output.destination.path": (f"path: {tmp_path / 'out'}", f"path: {CONFIGS}/../../../root/.ssh"),
+    }
+    text = base
+    for old, new in hostile.values():
+        assert old in text
+        text = text.replace(old, new)
+    for output_dir in ("/etc/cron.d", "../../../tmp/x"):
+        with_dir = text.replace("  hyperparameters:\n", f"  hyperparameters:\n    output_dir: {output_dir}\n")
+        before = api.counts()
+        response = post(f"{api.url}/api/v1/tasks?local=true", content=with_dir, headers=api.auth(**YAML))
+        assert response.status_code == 422, response.text
+        fields = {e["field"]: e["message"] for e in response.json()["errors"]}
+        assert set(fields) == {*hostile, "spec.hyperparameters.output_dir"}
+        assert "outside the folders this API lets tasks use" in fields["spec.model.source.path"]
+        assert "MLOC_API_LOCAL_ROOTS" in response.json()["detail"]
+        assert api.counts() == before
+
+
+def test_hostile_bodies_neither_stall_nor_bloat_the_api(api: Api) -> None:
+    """An alias bomb, a 600 kB string built to make a backtracking pattern crawl, and a 2,000-deep
+    list, posted while another client polls /stats: each is refused, the poller keeps getting
+    answers within a second, and the API process's memory stays where it was."""
+    import threading
+    import time
+
+    laughs = 'l0: &l0 ["lol"]\n' + "".join(f"l{i}: &l{i} [{', '.join([f'*l{i - 1}'] * 9)}]\n" for i in range(1, 10))
+    redos = quickstart_text(unique_name(), Path("/tmp/x")).replace(
+        "  project: mloc-quickstart\n", f"  project: mloc-quickstart\n  annotations:\n    note: '{'a:' * 300_000}'\n"
+    )
+    bodies = {
+        "alias bomb": laughs + (CONFIGS / "quickstart.yaml").read_text(),
+        "600 kB string": redos,
+        "2,000-deep list": "x: " + "[" * 2_000 + "]" * 2_000 + "\n",
+    }
+    assert len(bodies["600 kB string"]) > 600_000
+    stats = f"{api.url}/api/v1/stats?start_date=2001-01-01&end_date=2001-01-01"
+    assert get(stats, headers=api.auth()).status_code == 200  # warm: the first read imports the report
+    rss_before = api.rss_mib()
+    latencies: list[float] = []
+    done = threading.Event()
+
+    def poll() -> None:
+        with httpx.Client(timeout=30) as client:
+            while not done.is_set():
+                start = time.perf_counter()
+                assert client.get(stats, headers=api.auth()).status_code == 200
+                latencies.append(time.perf_counter() - start)
+                time.sleep(0.05)
+
+    poller = threading.Thread(target=poll)
+    poller.start()
+    try:
+        for what, body in bodies.items():
+            started = time.perf_counter()
+            response = post(f"{api.url}/api/v1/tasks", content=body, headers=api.auth(**YAML))
+            assert response.status_code == 422, f"{what}: {response.status_code} {response.text[:300]}"
+            assert time.perf_counter() - started < 10, what
+            assert len(response.content) < 20_000, f"{what}: the answer echoes the body"
+    finally:
+        done.set()
+        poller.join()
+    assert latencies and max(latencies) < 1.0, f"/stats stalled: slowest {max(latencies):.2f} s of {len(latencies)}"
+    assert api.rss_mib() - rss_before < 200, f"memory grew from {rss_before:.0f} to {api.rss_mib():.0f} MiB"
+
+
+def test_stats_past_the_calendar_is_a_clear_422(api: Api) -> None:
+    response = get(f"{api.url}/api/v1/stats?start_date=9999-12-31&end_date=9999-12-31", headers=api.auth())
+    assert response.status_code == 422, response.text
+    assert "past the last day a report can cover" in response.json()["detail"]
 
 
 def test_a_valid_task_is_deployed_and_gets_one_scheduled_run(api: Api, tmp_path: Path) -> None:
@@ -330,11 +410,14 @@ def test_a_task_no_pool_or_version_can_run_is_refused_and_nothing_is_registered(
     assert api.counts() == before
 
 
-def test_a_pool_missing_on_the_server_is_a_409_that_names_the_fix(prefect_url: str, tmp_path: Path) -> None:
+def test_a_pool_missing_on_the_server_is_a_409_that_names_the_fix(
+    prefect_url: str, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import dataclasses
 
     from flows.api_submit import ApiError, deploy, prepare
 
+    monkeypatch.setenv("MLOC_API_LOCAL_ROOTS", f"{CONFIGS}:{tmp_path}")
     planned = prepare(quickstart_text(unique_name(), tmp_path / "out"), local=True)
     elsewhere = dataclasses.replace(planned, pool=planned.pool.model_copy(update={"name": "no-such-pool"}))
     with pytest.raises(ApiError) as refused:
