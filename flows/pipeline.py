@@ -18,12 +18,13 @@ from typing import Any, Literal, cast
 from uuid import UUID
 
 from prefect import flow, get_run_logger, task
-from prefect.artifacts import create_progress_artifact, update_progress_artifact
+from prefect.artifacts import create_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
 from configs import TrainingTask, validate_data
 from configs.models import Task
 from flows import report
+from flows.relay import Relay
 from tasks import download, preflight, train, upload
 from tasks.registry import TASK_TYPES
 
@@ -128,30 +129,28 @@ def evaluate_step(
         "adapter_dir": adapter_dir,
         "result_path": str(workdir / f"eval-{label}.json"),
     }
-    run_child(job, workdir, logger.info, lambda event: None)
+    relay = Relay(logger)
+    try:
+        run_child(job, workdir, relay.line, lambda event: None)
+    finally:
+        relay.close()
     return json.loads(Path(job["result_path"]).read_text())
 
 
 @task(name="train", task_run_name="train", cache_policy=NO_CACHE)
 def train_step(task_: TrainingTask, inputs: dict[str, dict[str, Any]], workdir: Path) -> dict[str, Any]:
-    logger = get_run_logger()
     name = task_.metadata.name
     artifact = cast(
         UUID, create_progress_artifact(progress=0.0, key=f"{name}-progress", description=f"Training {name}")
     )
-    last = {"at": 0.0, "shown": -1.0}
-
-    def on_event(event: dict[str, Any]) -> None:
-        if event["event"] != "progress" or not event.get("max_steps"):
-            return
-        percent = min(100.0, 100.0 * event["step"] / event["max_steps"])
-        # throttled: a step can take milliseconds, and every update is an API call
-        if percent >= 100.0 or (time.monotonic() - last["at"] > 2.0 and percent > last["shown"]):
-            update_progress_artifact(artifact, progress=percent)
-            last.update(at=time.monotonic(), shown=percent)
-
-    result = train.run_training(task_, inputs, workdir, logger.info, on_event)
-    update_progress_artifact(artifact, progress=100.0)
+    # the child's lines and progress reach Prefect from a thread of the relay's: training never
+    # waits on the API, and survives it being down
+    relay = Relay(get_run_logger(), progress_artifact=artifact)
+    try:
+        result = train.run_training(task_, inputs, workdir, relay.line, relay.event)
+        relay.progress(100.0)
+    finally:
+        relay.close()
     return result.to_dict()
 
 

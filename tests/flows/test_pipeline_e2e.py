@@ -41,6 +41,19 @@ def read_flow_run(flow_run_id: Any) -> tuple[Any, list[Any], list[Any]]:
     return flow_run, task_runs, artifacts
 
 
+def result_lines(workdir: str, name: str) -> list[str]:
+    return (Path(workdir) / name).read_text().splitlines()
+
+
+def task_run_logs(task_run_id: Any) -> list[str]:
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterTaskRunId
+
+    with get_client(sync_client=True) as client:
+        logs = client.read_logs(log_filter=LogFilter(task_run_id=LogFilterTaskRunId(any_=[task_run_id])), limit=200)
+    return [log.message for log in logs]
+
+
 def test_quickstart_end_to_end(prefect_server: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from safetensors.numpy import load_file
 
@@ -67,6 +80,17 @@ def test_quickstart_end_to_end(prefect_server: None, tmp_path: Path, monkeypatch
     assert all(r.state.is_completed() for r in task_runs)
     keys = {a.key for a in artifacts}
     assert {"quickstart-tiny-sft-progress", "quickstart-tiny-sft-eval", "quickstart-tiny-sft-report"} <= keys
+    [progress] = [a for a in artifacts if a.key == "quickstart-tiny-sft-progress"]
+    assert progress.data == 100.0
+    # figures for people: 4 significant digits in the table (the exact ones are in eval.json)
+    [table] = [a for a in artifacts if a.key == "quickstart-tiny-sft-eval"]
+    rows = json.loads(table.data) if isinstance(table.data, str) else table.data
+    assert all(len(f"{row[c]:g}".replace(".", "").lstrip("0")) <= 4 for row in rows for c in ("before", "after"))
+
+    # the training child's lines are the train task run's logs, as it printed them
+    [train_run] = [r for r in task_runs if r.name == "train"]
+    printed = [line for line in result_lines(result["workdir"], "train.log") if line.startswith("step ")]
+    assert printed and set(printed) <= set(task_run_logs(train_run.id)), "training log lines missing from the run"
 
     # eval loss clearly drops
     metrics = result["metrics"]
