@@ -15,6 +15,7 @@ import os
 import signal
 import subprocess
 import sys
+import time
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any
@@ -40,7 +41,8 @@ def run_child(
     """Run ``job`` in a child process, streaming its lines; raises ChildError if it fails.
 
     The child's PID is written to ``<workdir>/<step>.pid`` while it runs, and its whole
-    output to ``<workdir>/<step>.log``.
+    output to ``<workdir>/<step>.log``: this run's, the log an earlier run left there being
+    kept beside it as ``<step>.<UTC time it ended>.log``.
     """
     step = job["step"]
     workdir.mkdir(parents=True, exist_ok=True)
@@ -61,8 +63,12 @@ def run_child(
     pid_file = workdir / f"{step}.pid"
     pid_file.write_text(str(proc.pid))
     tail: list[str] = []
+    log_path = workdir / f"{step}.log"
+    if log_path.exists():  # each run its own log: what is uploaded is this run's, not every earlier one's
+        ended = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(log_path.stat().st_mtime))
+        log_path.rename(workdir / f"{step}.{ended}.log")
     try:
-        with open(workdir / f"{step}.log", "a") as log:
+        with open(log_path, "w") as log:
             assert proc.stdout is not None
             for raw in proc.stdout:
                 line = raw.rstrip("\n")

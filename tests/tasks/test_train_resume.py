@@ -51,6 +51,11 @@ def test_killed_training_resumes_from_last_checkpoint(tmp_path: Path) -> None:
     events: list[dict[str, Any]] = []
     result = run_training(task, inputs, tmp_path, lines.append, events.append)
     assert "resuming from checkpoint-10 (step 10/30)" in lines
+    # each run its own log: this one's starts at the resume; the killed one's is kept beside it
+    log = (tmp_path / "train.log").read_text()
+    assert "resuming from checkpoint-10" in log and "step 5/30" not in log
+    [earlier] = tmp_path.glob("train.*.log")
+    assert "step 5/30" in earlier.read_text()
     assert result.resumed_from is not None and result.resumed_from.endswith("checkpoint-10")
     assert result.global_step == result.max_steps == 30
     assert all(e["step"] <= e["max_steps"] for e in events if e["event"] == "progress")
