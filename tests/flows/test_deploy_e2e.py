@@ -18,6 +18,7 @@ from typing import Any
 import httpx
 import pytest
 
+from tests.flows import prefect_server
 from tests.quickstart_task import QUICKSTART_TAGS
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
@@ -44,37 +45,15 @@ def quickstart_copy(folder: Path, schedule: bool) -> Path:
 def server(tmp_path_factory: pytest.TempPathFactory, port_picker: Callable[[], int]) -> Iterator[dict[str, str]]:
     home = tmp_path_factory.mktemp("prefect")
     port = port_picker()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
-    env.update(
-        PREFECT_HOME=str(home),
-        PREFECT_API_URL=f"http://127.0.0.1:{port}/api",
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
+    env = prefect_server.server_env(
+        home,
+        port,
         PREFECT_SERVER_SERVICES_SCHEDULER_LOOP_SECONDS="2",  # scheduled runs appear in seconds, not a minute
         PREFECT_WORKER_QUERY_SECONDS="2",
         MLOC_HOME=str(home / "mloc"),
-        HF_HUB_OFFLINE="1",
     )
-    proc = subprocess.Popen(
-        [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-    )
-    try:
-        deadline = time.monotonic() + 180
-        while time.monotonic() < deadline:
-            try:
-                if httpx.get(f"{env['PREFECT_API_URL']}/health", timeout=2).status_code == 200:
-                    break
-            except httpx.HTTPError:
-                time.sleep(1)
-        else:
-            pytest.fail("prefect server did not start in 180 s")
+    with prefect_server.running(env, port, home / "server.log"):
         yield env
-    finally:
-        os.killpg(proc.pid, 15)
-        proc.wait(timeout=30)
 
 
 def cli(env: dict[str, str], *args: str, timeout: int = 180) -> subprocess.CompletedProcess[str]:

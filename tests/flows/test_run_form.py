@@ -9,20 +9,17 @@ form submitted, and the run it made is read back from the server.
 
 from __future__ import annotations
 
-import contextlib
 import copy
-import os
 import shutil
-import signal
-import subprocess
 import sys
 import time
 from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any
 
-import httpx
 import pytest
+
+from tests.flows import prefect_server
 
 ROOT = Path(__file__).resolve().parents[2]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
@@ -99,36 +96,10 @@ def prefect_ui(tmp_path_factory: pytest.TempPathFactory, port_picker: Callable[[
     home = tmp_path_factory.mktemp("prefect-ui")
     port = port_picker()
     base = f"http://127.0.0.1:{port}"
-    env = {k: v for k, v in os.environ.items() if not k.startswith("PREFECT_")}
     # the UI asks the API at PREFECT_API_URL; without it, at the default port, not this one
-    env.update(
-        PREFECT_HOME=str(home),
-        PREFECT_API_URL=f"{base}/api",
-        PREFECT_SERVER_ANALYTICS_ENABLED="false",
-        PREFECT_UI_ENABLED="true",
-    )
-    log = home / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, f"prefect server exited:\n{log.read_text()}"
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{base}/api/health", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, f"prefect server did not answer in 180 s:\n{log.read_text()}"
-            time.sleep(0.5)
+    env = prefect_server.server_env(home, port, PREFECT_UI_ENABLED="true")
+    with prefect_server.running(env, port, home / "server.log"):
         yield base
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")

@@ -12,21 +12,16 @@ migrations built its schema.
 from __future__ import annotations
 
 import asyncio
-import contextlib
-import os
-import signal
-import subprocess
-import time
 from collections.abc import Callable, Iterator
 from datetime import UTC, date, datetime
 from pathlib import Path
 
-import httpx
 import pytest
 
 from flows.usage_compute import compute
 from tests.conftest import ROOT
-from tests.flows.api_server import BIN, september_stats, subprocess_env
+from tests.flows import prefect_server
+from tests.flows.api_server import september_stats, subprocess_env
 from tests.flows.usage_runs import SEP1, SEP2, create_runs, project_report, server_runs
 
 pytestmark = pytest.mark.slow
@@ -81,28 +76,8 @@ def prefect_on_postgres(
     url = f"http://127.0.0.1:{port}/api"
     env = subprocess_env(url, home, PREFECT_SERVER_DATABASE_CONNECTION_URL=postgres)
     del env["PREFECT_API_URL"]  # the server's own process needs none
-    log = home / "server.log"
-    with log.open("wb") as out:
-        proc = subprocess.Popen(
-            [str(BIN / "prefect"), "server", "start", "--host", "127.0.0.1", "--port", str(port)],
-            env=env,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,
-        )
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            assert proc.poll() is None, f"prefect server exited:\n{log.read_text()}"
-            with contextlib.suppress(httpx.TransportError):
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, f"prefect server did not answer in 180 s:\n{log.read_text()}"
-            time.sleep(0.5)
+    with prefect_server.running(env, port, home / "server.log"):
         yield url
-    finally:
-        os.killpg(proc.pid, signal.SIGTERM)
-        proc.wait(timeout=60)
 
 
 @pytest.fixture(scope="module")

@@ -1,0 +1,145 @@
+"""Training outlives a Prefect server outage.
+
+Real parts throughout: `prefect server start` on SQLite, `mloc worker`, a deployment run of a
+long quickstart training. The server is killed (SIGKILL, as a crash or a node loss would)
+while the training runs, stays down for two minutes, and is started again on the same
+database. The training must go on while it is down, the run must end Completed, and the
+lines the training printed during the outage must reach the run's logs once it is back.
+"""
+
+from __future__ import annotations
+
+import signal
+import subprocess
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import httpx
+import pytest
+import yaml
+
+from tests.flows import prefect_server
+from tests.flows.prefect_server import BIN
+
+pytestmark = [pytest.mark.slow, pytest.mark.e2e]
+
+CONFIGS = Path(__file__).resolve().parents[2] / "configs"
+OUTAGE_S = 120
+# long enough that training is still running when the server comes back (~45 steps/s here)
+MAX_STEPS = 10_000
+
+
+def long_quickstart(folder: Path) -> Path:
+    task = yaml.safe_load((CONFIGS / "quickstart.yaml").read_text())
+    task["metadata"]["name"] = "outage-quickstart"
+    for role in ("model", "dataset"):
+        task["spec"][role]["source"]["path"] = str(CONFIGS / task["spec"][role]["source"]["path"])
+    task["spec"]["hyperparameters"].update(max_steps=MAX_STEPS, logging_steps=100, save_steps=5_000)
+    task["spec"]["evaluation"] = {"enabled": False}
+    task["spec"]["output"] = {
+        "destination": {"type": "local", "path": str(folder / "out")},
+        "artifacts": ["adapter_weights"],
+    }
+    path = folder / "task.yaml"
+    path.write_text(yaml.safe_dump(task, sort_keys=False))
+    return path
+
+
+def cli(env: dict[str, str], *args: str) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([str(BIN / args[0]), *args[1:]], env=env, capture_output=True, text=True, timeout=180)
+
+
+def api(env: dict[str, str], method: str, path: str, body: Any = None) -> Any:
+    response = httpx.request(method, env["PREFECT_API_URL"] + path, json=body, timeout=30)
+    response.raise_for_status()
+    return response.json()
+
+
+def step_lines(train_log: Path) -> list[str]:
+    return (
+        [line for line in train_log.read_text().splitlines() if line.startswith("step ")] if train_log.exists() else []
+    )
+
+
+def wait_for(what: str, check: Callable[[], Any], timeout_s: float, every_s: float = 2) -> Any:
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        found = check()
+        if found:
+            return found
+        time.sleep(every_s)
+    pytest.fail(f"{what}: not within {timeout_s:.0f} s")
+
+
+def test_training_outlives_a_two_minute_prefect_outage(tmp_path: Path, port_picker: Callable[[], int]) -> None:
+    port = port_picker()
+    env = prefect_server.server_env(tmp_path / "prefect", port, MLOC_HOME=str(tmp_path / "mloc"))
+    log = tmp_path / "server.log"
+    server = prefect_server.start(env, port, log)
+    worker = None
+    try:
+        assert cli(env, "mloc", "pools", "apply").returncode == 0
+        deployed = cli(env, "mloc", "deploy", "--local", str(long_quickstart(tmp_path)))
+        assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+        # Prefect's defaults (a poll every 10 s) are what a worker rides an outage out on
+        worker = subprocess.Popen(
+            [str(BIN / "mloc"), "worker"],
+            env=env,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
+            cwd=tmp_path,
+            start_new_session=True,
+        )
+        started = cli(env, "prefect", "deployment", "run", "mloc/outage-quickstart")
+        assert started.returncode == 0, started.stdout + started.stderr
+        deployment = api(env, "GET", "/deployments/name/mloc/outage-quickstart")
+        every = api(env, "POST", "/flow_runs/filter", {"deployments": {"id": {"any_": [deployment["id"]]}}})
+        [flow_run] = [r for r in every if not r["auto_scheduled"]]
+        train_log = wait_for(
+            "the training's first logged steps",
+            lambda: next((p for p in (tmp_path / "mloc" / "runs").glob("*/*/train.log") if step_lines(p)), None),
+            timeout_s=300,
+        )
+
+        prefect_server.stop(server, signal.SIGKILL)
+        at_kill = len(step_lines(train_log))
+        time.sleep(OUTAGE_S)
+        during = len(step_lines(train_log))
+        assert during > at_kill + 10, f"training stalled while the server was down: {at_kill} -> {during} logged steps"
+        assert not (train_log.parent / "train-result.json").exists(), "raise MAX_STEPS: training ended in the outage"
+
+        server = prefect_server.start(env, port, log)
+        final = wait_for(
+            "the run's end",
+            lambda: (
+                (r := api(env, "GET", f"/flow_runs/{flow_run['id']}"))["state"]["type"]
+                in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED")
+                and r
+            ),
+            timeout_s=600,
+            every_s=3,
+        )
+        assert final["state"]["type"] == "COMPLETED", final["state"]
+        [train_task] = [
+            t
+            for t in api(env, "POST", "/task_runs/filter", {"flow_runs": {"id": {"any_": [flow_run["id"]]}}})
+            if t["name"] == "train"
+        ]
+        logged: list[str] = []
+        while batch := api(
+            env,
+            "POST",
+            "/logs/filter",
+            {"logs": {"task_run_id": {"any_": [train_task["id"]]}}, "limit": 200, "offset": len(logged)},
+        ):
+            logged += [entry["message"] for entry in batch]
+        printed = step_lines(train_log)
+        assert len(printed) == MAX_STEPS // 100 + 1  # every 100 steps, and the summary at the end
+        missing = [line for line in printed if line not in set(logged)]
+        assert not missing, f"{len(missing)} of {len(printed)} training lines never reached the run, e.g. {missing[:3]}"
+    finally:
+        if worker is not None:
+            prefect_server.stop(worker)  # type: ignore[arg-type]
+        prefect_server.stop(server)
