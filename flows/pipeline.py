@@ -111,7 +111,8 @@ def evaluate_step(
     task_: TrainingTask, inputs: dict[str, dict[str, Any]], workdir: Path, label: str, trained: dict[str, Any] | None
 ) -> dict[str, Any]:
     """Score the base model (trained=None) or the trained one: its adapter on the base, or its full weights."""
-    from tasks.child import run_child
+    from tasks.jobs import EvaluateJob
+    from tasks.runner import run_child
 
     logger = get_run_logger()
     model_path, adapter_dir = inputs["model"]["path"], None
@@ -119,22 +120,21 @@ def evaluate_step(
         adapter_dir = trained["final_dir"]
     elif trained is not None:
         model_path = trained["final_dir"]
-    job = {
-        "step": f"evaluate-{label}",
-        "label": label,
-        "task": task_.model_dump(mode="json", by_alias=True),
-        "model_path": model_path,
-        "dataset_path": inputs["dataset"]["path"],
-        "dataset_source_type": inputs["dataset"]["source_type"],
-        "adapter_dir": adapter_dir,
-        "result_path": str(workdir / f"eval-{label}.json"),
-    }
+    job = EvaluateJob(
+        label=cast(Literal["before", "after"], label),
+        task=task_.model_dump(mode="json", by_alias=True),
+        model_path=model_path,
+        dataset_path=inputs["dataset"]["path"],
+        dataset_source_type=inputs["dataset"]["source_type"],
+        adapter_dir=adapter_dir,
+        result_path=str(workdir / f"eval-{label}.json"),
+    )
     relay = Relay(logger)
     try:
         run_child(job, workdir, relay.line, lambda event: None)
     finally:
         relay.close()
-    return json.loads(Path(job["result_path"]).read_text())
+    return json.loads(Path(job.result_path).read_text())
 
 
 @task(name="train", task_run_name="train", cache_policy=NO_CACHE)

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tasks.child import emit
+from tasks.jobs import EvaluateJob
+from tasks.runner import emit
 
 if TYPE_CHECKING:
     from configs import TrainingTask
@@ -107,18 +108,16 @@ def _transformers_generate(model: Any, tokenizer: Any, prompts: list[str], max_n
     return outputs
 
 
-def _vllm_run(
-    task: TrainingTask, job: dict[str, Any], held_out: Any, prompts: list[str]
-) -> tuple[float, int, list[str]]:
+def _vllm_run(task: TrainingTask, job: EvaluateJob, held_out: Any, prompts: list[str]) -> tuple[float, int, list[str]]:
     """Loss from vLLM's prompt log-probabilities, generations from greedy decoding."""
     from vllm import LLM, SamplingParams
     from vllm.inputs import TokensPrompt
     from vllm.lora.request import LoRARequest
 
     adapter = task.spec.model.adapter
-    adapter_dir = job.get("adapter_dir")
+    adapter_dir = job.adapter_dir
     llm = LLM(
-        model=job["model_path"],
+        model=job.model_path,
         enable_lora=adapter_dir is not None,
         max_lora_rank=adapter.r if adapter else 16,
         max_model_len=task.spec.dataset.preprocessing.max_seq_length + task.spec.evaluation.max_new_tokens,
@@ -139,11 +138,11 @@ def _vllm_run(
     return total, count, [g.outputs[0].text for g in generated]
 
 
-def evaluate_in_child(task: TrainingTask, job: dict[str, Any]) -> None:
+def evaluate_in_child(task: TrainingTask, job: EvaluateJob) -> None:
     """Child side: score the base model (label 'before') or the trained one ('after')."""
     from tasks.data import examples
 
-    _, held_out = examples(task, job["dataset_path"], job["dataset_source_type"])
+    _, held_out = examples(task, job.dataset_path, job.dataset_source_type)
     if held_out is None or len(held_out) == 0:
         raise BackendError("no held-out examples to evaluate on — enable evaluation or lower max_samples")
     evaluation = task.spec.evaluation
@@ -151,21 +150,21 @@ def evaluate_in_child(task: TrainingTask, job: dict[str, Any]) -> None:
     n = min(evaluation.generation_prompts, len(held_out))
     chosen = [_pieces(held_out[i]) for i in range(n)]
     prompts = [p for p, _ in chosen]
-    print(f"evaluating ({job['label']}) on {len(held_out)} held-out examples with {backend}", flush=True)
+    print(f"evaluating ({job.label}) on {len(held_out)} held-out examples with {backend}", flush=True)
     if backend == "vllm":
         total, count, outputs = _vllm_run(task, job, held_out, prompts)
     else:
         from tasks.modeling import load_causal_lm, load_tokenizer
 
-        tokenizer = load_tokenizer(job["model_path"])
-        model = load_causal_lm(job["model_path"], task.spec.model.adapter, job.get("adapter_dir"))
+        tokenizer = load_tokenizer(job.model_path)
+        model = load_causal_lm(job.model_path, task.spec.model.adapter, job.adapter_dir)
         total, count = _transformers_scores(model, tokenizer, held_out, task.spec.dataset.preprocessing.max_seq_length)
         outputs = _transformers_generate(model, tokenizer, prompts, evaluation.max_new_tokens)
     if count == 0:
         raise BackendError("the held-out examples have no target tokens — check the completion template")
     loss = total / count
     result = EvalResult(
-        label=job["label"],
+        label=job.label,
         backend=backend,
         eval_loss=loss,
         perplexity=math.exp(min(loss, 50.0)),
@@ -175,6 +174,6 @@ def evaluate_in_child(task: TrainingTask, job: dict[str, Any]) -> None:
             {"prompt": p, "reference": ref, "output": out} for (p, ref), out in zip(chosen, outputs, strict=True)
         ],
     )
-    Path(job["result_path"]).write_text(json.dumps(result.to_dict(), indent=1))
-    emit("metrics", label=job["label"], eval_loss=loss, perplexity=result.perplexity)
-    print(f"{job['label']}: eval_loss {loss:.4f}, perplexity {result.perplexity:.2f} over {count} tokens", flush=True)
+    Path(job.result_path).write_text(json.dumps(result.to_dict(), indent=1))
+    emit("metrics", label=job.label, eval_loss=loss, perplexity=result.perplexity)
+    print(f"{job.label}: eval_loss {loss:.4f}, perplexity {result.perplexity:.2f} over {count} tokens", flush=True)

@@ -14,7 +14,8 @@ from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
-from tasks.child import emit, run_child
+from tasks.jobs import TrainJob
+from tasks.runner import emit, run_child
 
 if TYPE_CHECKING:
     from configs import TrainingTask
@@ -110,41 +111,40 @@ def run_training(
             on_line(f"{resume.name} is the last step ({step}/{max_steps}): saving it as the result, not training again")
         else:
             on_line(f"resuming from {resume.name} (step {step}/{max_steps})")
-    job = {
-        "step": "train",
-        "task": task.model_dump(mode="json", by_alias=True),
-        "model_path": inputs["model"]["path"],
-        "dataset_path": inputs["dataset"]["path"],
-        "dataset_source_type": inputs["dataset"]["source_type"],
-        "reward_model_path": inputs.get("reward_model", {}).get("path"),
-        "output_dir": str(out),
-        "resume_from": str(resume) if resume else None,
-        "result_path": str(workdir / "train-result.json"),
-    }
+    job = TrainJob(
+        task=task.model_dump(mode="json", by_alias=True),
+        model_path=inputs["model"]["path"],
+        dataset_path=inputs["dataset"]["path"],
+        dataset_source_type=inputs["dataset"]["source_type"],
+        reward_model_path=inputs.get("reward_model", {}).get("path"),
+        output_dir=str(out),
+        resume_from=str(resume) if resume else None,
+        result_path=str(workdir / "train-result.json"),
+    )
     run_child(job, workdir, on_line, on_event)
-    return TrainResult(**json.loads(Path(job["result_path"]).read_text()))
+    return TrainResult(**json.loads(Path(job.result_path).read_text()))
 
 
 # --- child side -------------------------------------------------------------------------------
 
 
-def trainer_arguments(task: TrainingTask, job: dict[str, Any]) -> dict[str, Any]:
+def trainer_arguments(task: TrainingTask, job: TrainJob) -> dict[str, Any]:
     """spec.hyperparameters, plus what MLOC sets from the rest of the task."""
     from tasks.modeling import cuda_available
 
     return {
         **task.spec.hyperparameters,
-        "output_dir": job["output_dir"],
+        "output_dir": job.output_dir,
         "max_length": task.spec.dataset.preprocessing.max_seq_length,
         "disable_tqdm": True,  # progress goes to Prefect as events, not as terminal bars
         "use_cpu": not cuda_available(),
     }
 
 
-def fit(trainer: Any, job: dict[str, Any]) -> None:
-    """``trainer.train()``, resuming from ``job["resume_from"]``; a checkpoint written at the
+def fit(trainer: Any, job: TrainJob) -> None:
+    """``trainer.train()``, resuming from ``job.resume_from``; a checkpoint written at the
     last step is loaded as it is, since resuming from it would train one step past max_steps."""
-    resume = job.get("resume_from")
+    resume = job.resume_from
     if resume:
         step, max_steps = checkpoint_step(Path(resume))
         if max_steps and step >= max_steps:
@@ -186,9 +186,9 @@ def _callbacks() -> list[Any]:
     return [Report()]
 
 
-def finish(trainer: Any, tokenizer: Any, task: TrainingTask, job: dict[str, Any]) -> None:
+def finish(trainer: Any, tokenizer: Any, task: TrainingTask, job: TrainJob) -> None:
     """Save the final weights (and the merged model if asked for) and the result file."""
-    out = Path(job["output_dir"])
+    out = Path(job.output_dir)
     final_dir = out / "final"
     trainer.save_model(str(final_dir))
     tokenizer.save_pretrained(str(final_dir))
@@ -197,7 +197,7 @@ def finish(trainer: Any, tokenizer: Any, task: TrainingTask, job: dict[str, Any]
     merged_dir = None
     if task.spec.model.adapter is not None and "full_model" in task.spec.output.artifacts:
         merged_dir = out / "merged"
-        merge_adapter(job["model_path"], str(final_dir), str(merged_dir))
+        merge_adapter(job.model_path, str(final_dir), str(merged_dir))
         tokenizer.save_pretrained(str(merged_dir))
     # train_loss is the mean over the whole training, logged at its end; a result saved from the
     # last checkpoint has only the logged step losses
@@ -209,12 +209,12 @@ def finish(trainer: Any, tokenizer: Any, task: TrainingTask, job: dict[str, Any]
         max_steps=trainer.state.max_steps,
         train_loss=losses[-1] if losses else None,
         runtime_s=sum(h.get("train_runtime", 0.0) for h in trainer.state.log_history),
-        resumed_from=job.get("resume_from"),
+        resumed_from=job.resume_from,
         final_dir=str(final_dir),
         merged_dir=str(merged_dir) if merged_dir else None,
         state_file=str(state_file),
     )
-    Path(job["result_path"]).write_text(json.dumps(result.to_dict(), indent=1))
+    Path(job.result_path).write_text(json.dumps(result.to_dict(), indent=1))
 
 
 def merge_adapter(base_path: str, adapter_dir: str, target: str) -> None:

@@ -8,9 +8,9 @@ on the completion only. `spec.hyperparameters` are fields of `trl.SFTConfig`.
 from __future__ import annotations
 
 from pathlib import Path
-from typing import Any
 
 from configs import TaskTypeInfo, TrainingTask
+from tasks.jobs import TrainJob
 from tasks.trainer_fields import fields_file
 
 TASK_TYPE = TaskTypeInfo(
@@ -30,7 +30,7 @@ def trainer_config_class() -> type:
     return SFTConfig
 
 
-def train(task: TrainingTask, job: dict[str, Any]) -> None:
+def train(task: TrainingTask, job: TrainJob) -> None:
     """Child side: fine-tune with TRL's SFTTrainer and save the result."""
     from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
@@ -39,12 +39,12 @@ def train(task: TrainingTask, job: dict[str, Any]) -> None:
     from tasks.modeling import load_tokenizer, lora_config, quantization_config
     from tasks.train import finish, fit, report_to_parent, trainer_arguments
 
-    train_rows, _ = examples(task, job["dataset_path"], job["dataset_source_type"])
-    tokenizer = load_tokenizer(job["model_path"])
+    train_rows, _ = examples(task, job.dataset_path, job.dataset_source_type)
+    tokenizer = load_tokenizer(job.model_path)
     adapter = task.spec.model.adapter
     quant = quantization_config(adapter)
     model = AutoModelForCausalLM.from_pretrained(
-        job["model_path"], **({"quantization_config": quant, "device_map": "auto"} if quant else {})
+        job.model_path, **({"quantization_config": quant, "device_map": "auto"} if quant else {})
     )
     trainer = SFTTrainer(
         model=model,
@@ -54,7 +54,7 @@ def train(task: TrainingTask, job: dict[str, Any]) -> None:
         peft_config=lora_config(adapter) if adapter else None,
     )
     report_to_parent(trainer)
-    start = f"resuming from {Path(job['resume_from']).name}" if job["resume_from"] else "from the start"
+    start = f"resuming from {Path(job.resume_from).name}" if job.resume_from else "from the start"
     print(f"training on {len(train_rows)} examples, {start}", flush=True)
     fit(trainer, job)
     finish(trainer, tokenizer, task, job)

@@ -16,7 +16,9 @@ import enum
 import json
 import types
 import typing
+from collections.abc import Iterable
 from pathlib import Path
+from types import ModuleType
 from typing import Any
 
 HERE = Path(__file__).parent
@@ -105,21 +107,21 @@ def describe(cls: type) -> dict[str, Any]:
     return {"trainer_config": f"{cls.__module__.split('.')[0]}.{cls.__name__}", "fields": fields}
 
 
-def snapshots() -> dict[str, str]:
-    """taskType -> the JSON text its snapshot file should hold, from the installed libraries."""
-    from tasks.registry import MODULES
-
+def snapshots(modules: Iterable[ModuleType]) -> dict[str, str]:
+    """taskType -> the JSON text its snapshot file should hold, from the installed libraries,
+    for each trainer among ``modules`` (the registry's, which this package must not import:
+    every trainer module imports it)."""
     out = {}
-    for module in MODULES:
+    for module in modules:
         loader = getattr(module, "trainer_config_class", None)
         if loader is not None:
             out[module.TASK_TYPE.name] = json.dumps(describe(loader()), indent=1, sort_keys=True) + "\n"
     return out
 
 
-def main(argv: list[str]) -> int:
+def main(argv: list[str], modules: Iterable[ModuleType]) -> int:
     stale = []
-    for name, text in snapshots().items():
+    for name, text in snapshots(modules).items():
         path = fields_file(name)
         if path.exists() and path.read_text() == text:
             continue

@@ -10,7 +10,7 @@ from typing import Any
 import pytest
 
 from configs import TrainingTask
-from tasks.child import ChildError
+from tasks.runner import ChildError
 from tasks.train import last_checkpoint, run_training
 from tests.quickstart_task import quickstart_task
 

@@ -1,11 +1,13 @@
-"""Running a heavy step (training, evaluation) in a child process.
+"""Running a heavy step (training, evaluation) in a child process: spawn it, stream its
+lines and events, stop it. It knows no task: a job is any model with a ``name``.
 
 A child process means: cancelling or timing out a run kills the work for sure, GPU
 memory is given back when it exits, and a multi-GPU launcher can take its place later.
 The child prints its log lines; lines starting with ``EVENT`` carry JSON events
 (progress, metrics) that the parent turns into Prefect artifacts.
 
-Parent side: :func:`run_child`. Child side: ``python -m tasks.child JOB.json``.
+Parent side: :func:`run_child`. Child side: ``python -m tasks JOB.json`` (tasks/__main__.py),
+which sends events with :func:`emit`.
 """
 
 from __future__ import annotations
@@ -18,7 +20,7 @@ import sys
 import time
 from collections.abc import Callable
 from pathlib import Path
-from typing import Any
+from typing import Any, Protocol
 
 EVENT = "@@mloc-event "
 
@@ -32,8 +34,15 @@ def emit(event: str, **payload: Any) -> None:
     print(EVENT + json.dumps({"event": event, **payload}), flush=True)
 
 
+class _Job(Protocol):
+    @property
+    def name(self) -> str: ...
+
+    def model_dump_json(self, *, indent: int | None = None) -> str: ...
+
+
 def run_child(
-    job: dict[str, Any],
+    job: _Job,
     workdir: Path,
     on_line: Callable[[str], None],
     on_event: Callable[[dict[str, Any]], None],
@@ -44,15 +53,15 @@ def run_child(
     output to ``<workdir>/<step>.log``: this run's, the log an earlier run left there being
     kept beside it as ``<step>.<UTC time it ended>.log``.
     """
-    step = job["step"]
+    step = job.name
     workdir.mkdir(parents=True, exist_ok=True)
     job_path = workdir / f"{step}-job.json"
-    job_path.write_text(json.dumps(job, indent=1))
+    job_path.write_text(job.model_dump_json(indent=1))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
     proc = subprocess.Popen(
         # -P: `-m` would put the working directory first on sys.path, and a user's folder named
         # configs/ or tasks/ (the natural names for task files) would then shadow MLOC's own code
-        [sys.executable, "-P", "-m", "tasks.child", str(job_path)],
+        [sys.executable, "-P", "-m", "tasks", str(job_path)],
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -99,34 +108,3 @@ def _stop(proc: subprocess.Popen[str]) -> None:
         proc.wait()
     except ProcessLookupError:
         pass
-
-
-def main(argv: list[str]) -> int:
-    """Child side: load the job and run its step."""
-    import warnings
-
-    # peft 0.21 reads PreTrainedModel.is_gradient_checkpointing, which transformers 5 deprecated:
-    # a warning in every run's log that no task.yaml can act on
-    warnings.filterwarnings("ignore", message="`is_gradient_checkpointing` is deprecated", category=FutureWarning)
-    from configs import TrainingTask
-    from configs.validate import load_task_data
-
-    job = json.loads(Path(argv[0]).read_text())
-    task = load_task_data(job["task"])
-    if not isinstance(task, TrainingTask):
-        raise TypeError(f"{task.kind} tasks have no {job['step']} step")
-    if job["step"] == "train":
-        from tasks.registry import module_for
-
-        module_for(task.spec.task_type).train(task, job)
-    elif job["step"].startswith("evaluate"):
-        from tasks.evaluate import evaluate_in_child
-
-        evaluate_in_child(task, job)
-    else:
-        raise ValueError(f"unknown step {job['step']!r}")
-    return 0
-
-
-if __name__ == "__main__":
-    sys.exit(main(sys.argv[1:]))
