@@ -248,11 +248,12 @@ class DatasetSpec(Model):
 
 # --- MLOC extensions --------------------------------------------------------------------------
 
-Metric = Literal["eval_loss", "perplexity", "eval_loss_reduction"]
-
 
 class Gate(Model):
-    metric: Metric = Field(description="The metric checked after training.")
+    metric: NonEmpty = Field(
+        description="The metric checked after training: one the taskType's evaluation produces "
+        "(`mloc task-types` lists them; sft: eval_loss, perplexity, eval_loss_reduction)."
+    )
     min: float | None = Field(None, description="Fail the run (and upload nothing) below this value.")
     max: float | None = Field(None, description="Fail the run (and upload nothing) above this value.")
 

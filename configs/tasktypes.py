@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 Kind = Literal["TrainingTask", "InferenceTask"]
+Direction = Literal["higher", "lower"]  # which values of a metric are better
 
 
 @dataclass(frozen=True)
@@ -30,6 +31,12 @@ class TaskTypeInfo:
     requires_one_of: tuple[str, ...] = ()
     #: example task.yaml for this type, shipped in configs/
     example: str = ""
+    #: the metrics its evaluation produces, each with which way is better: what gates may check
+    metrics: tuple[tuple[str, Direction], ...] = ()
+
+    @property
+    def metric_names(self) -> list[str]:
+        return [name for name, _ in self.metrics]
 
     @cached_property
     def _snapshot(self) -> dict[str, Any]:

@@ -226,6 +226,14 @@ def _cross_checks(task: TrainingTask | InferenceTask, info: TaskTypeInfo | None,
             "'adapter_weights' needs an adapter — add spec.model.adapter, or upload 'full_model'",
         )
     evaluation = task.spec.evaluation
+    if info is not None:
+        for index, gate in enumerate(evaluation.gates):
+            if gate.metric not in info.metric_names:
+                out.add(
+                    ("spec", "evaluation", "gates", index, "metric"),
+                    f"'{gate.metric}' is not a metric taskType '{info.name}' measures — "
+                    + choice_hint(gate.metric, info.metric_names),
+                )
     if not evaluation.enabled and evaluation.gates:
         out.add(("spec", "evaluation", "gates"), "are set but evaluation is disabled — set enabled: true")
     if not evaluation.enabled and "eval_results" in artifacts:

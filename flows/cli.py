@@ -367,6 +367,9 @@ def task_types() -> None:
     for name, info in TASK_TYPES.items():
         trainer = f" [{info.trainer_config}]" if info.trainer_config else ""
         typer.echo(f"{name:14} {info.kind:14} {info.summary}{trainer}")
+        if info.metrics:
+            shown = ", ".join(f"{metric} ({way} is better)" for metric, way in info.metrics)
+            typer.echo(f"{'':30}gates may check: {shown}")
 
 
 @app.command("api")

@@ -16,6 +16,12 @@ TASK_TYPE = TaskTypeInfo(
     fields_file=fields_file("dpo"),
     requires_one_of=(),
     example="dpo_mistral_ultrafeedback.yaml",
+    metrics=(
+        ("eval_loss", "lower"),
+        ("eval_loss_reduction", "higher"),
+        ("reward_accuracy", "higher"),
+        ("reward_margin", "higher"),
+    ),
 )
 
 

@@ -16,6 +16,7 @@ TASK_TYPE = TaskTypeInfo(
     fields_file=fields_file("grpo"),
     requires_one_of=("reward_model", "reward_functions"),
     example="grpo_qwen_math.yaml",
+    metrics=(("mean_reward", "higher"), ("mean_reward_gain", "higher")),
 )
 
 

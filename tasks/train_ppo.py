@@ -20,6 +20,7 @@ TASK_TYPE = TaskTypeInfo(
     fields_file=fields_file("ppo"),
     requires_one_of=("reward_model",),
     example="ppo_zephyr_7b.yaml",
+    metrics=(("mean_reward", "higher"), ("mean_reward_gain", "higher")),
 )
 
 

@@ -17,6 +17,7 @@ TASK_TYPE = TaskTypeInfo(
     fields_file=fields_file("rm"),
     requires_one_of=(),
     example="rm_qwen_helpfulness.yaml",
+    metrics=(("pairwise_accuracy", "higher"), ("reward_margin", "higher")),
 )
 
 

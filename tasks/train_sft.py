@@ -20,6 +20,7 @@ TASK_TYPE = TaskTypeInfo(
     fields_file=fields_file("sft"),
     requires_one_of=(),
     example="sft_mistral_7b.yaml",
+    metrics=(("eval_loss", "lower"), ("perplexity", "lower"), ("eval_loss_reduction", "higher")),
 )
 
 

@@ -341,7 +341,20 @@ CASES = [
         "spec.output.artifacts",
         "more than once",
     ),
-    one("gate-metric", "metric: perplexity", "metric: accuracy", "spec.evaluation.gates[0].metric", "not valid"),
+    one(
+        "gate-metric",
+        "metric: perplexity",
+        "metric: accuracy",
+        "spec.evaluation.gates[0].metric",
+        "'accuracy' is not a metric taskType 'sft' measures — use one of: eval_loss, perplexity, eval_loss_reduction",
+    ),
+    one(
+        "gate-metric-of-another-type",
+        "metric: perplexity",
+        "metric: reward_accuracy",
+        "spec.evaluation.gates[0].metric",
+        "'reward_accuracy' is not a metric taskType 'sft' measures",
+    ),
     # not a task at all
     one(
         "yaml-syntax",
