@@ -25,8 +25,8 @@ from configs import TrainingTask, validate_data
 from configs.models import Task
 from flows import report
 from flows.relay import Relay
-from tasks import download, preflight, train, upload
-from tasks.registry import TASK_TYPES
+from tasks import download, gates, preflight, train, upload
+from tasks.registry import TASK_TYPES, runnable
 
 FLOW_NAME = "mloc"
 
@@ -182,7 +182,7 @@ def pipeline(task: Task, base_dir: str = ".", task_yaml_sha256: str | None = Non
     if not checked.valid or checked.task is None:
         raise ValueError("the task is not valid:\n" + "\n".join(i.format() for i in checked.issues))
     task_ = checked.task
-    if not isinstance(task_, TrainingTask):
+    if not isinstance(task_, TrainingTask) or not runnable(task_.spec.task_type):
         raise NotImplementedError(
             f"taskType '{task_.spec.task_type}' ({task_.kind}) cannot be run by this MLOC version yet"
         )
@@ -200,10 +200,10 @@ def pipeline(task: Task, base_dir: str = ".", task_yaml_sha256: str | None = Non
     before = evaluate_step(task_, inputs, workdir, "before", None) if evaluating else None
     trained = train_step(task_, inputs, workdir)
     after = evaluate_step(task_, inputs, workdir, "after", trained) if evaluating else None
-    metrics = report.metrics(before, after)
+    metrics = gates.metrics(task_, before, after)
     results = report.eval_results(task_, inputs, before, after, metrics)
     report.publish(task_, results)
-    failed = report.failed_gates(task_, metrics)
+    failed = gates.failed_gates(task_, metrics)
     if failed:
         raise QualityGateFailed("quality gates not met, nothing uploaded: " + "; ".join(failed))
     staging = workdir / "staging"

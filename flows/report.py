@@ -9,35 +9,10 @@ from pathlib import Path
 from typing import Any
 
 from configs import TrainingTask
+from tasks.gates import failed_gates
+from tasks.registry import TASK_TYPES
 
 MLOC_VERSION = "0.1.0"
-
-
-def metrics(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, float]:
-    """Flat metrics the gates and the manifest use; eval_loss_reduction = before - after."""
-    out: dict[str, float] = {}
-    if after is not None:
-        out["eval_loss"] = after["eval_loss"]
-        out["perplexity"] = after["perplexity"]
-    if before is not None:
-        out["eval_loss_before"] = before["eval_loss"]
-        out["perplexity_before"] = before["perplexity"]
-    if before is not None and after is not None:
-        out["eval_loss_reduction"] = before["eval_loss"] - after["eval_loss"]
-    return out
-
-
-def failed_gates(task: TrainingTask, values: dict[str, float]) -> list[str]:
-    failures = []
-    for gate in task.spec.evaluation.gates:
-        value = values.get(gate.metric)
-        if value is None:
-            failures.append(f"{gate.metric} was not measured")
-        elif gate.min is not None and value < gate.min:
-            failures.append(f"{gate.metric} = {value:.4g} is below the minimum {gate.min:g}")
-        elif gate.max is not None and value > gate.max:
-            failures.append(f"{gate.metric} = {value:.4g} is above the maximum {gate.max:g}")
-    return failures
 
 
 def eval_results(
@@ -72,7 +47,7 @@ def _markdown(task: TrainingTask, results: dict[str, Any]) -> str:
         "|---|---|---|",
     ]
     before, after = results["before"] or {}, results["after"] or {}
-    for name in ("eval_loss", "perplexity"):
+    for name in _measured(task, before, after):
         lines.append(f"| {name} | {before.get(name, float('nan')):.4f} | {after.get(name, float('nan')):.4f} |")
     if results["failed_gates"]:
         lines += ["", "**Quality gates failed:** " + "; ".join(results["failed_gates"])]
@@ -87,6 +62,11 @@ def _cell(text: str) -> str:
     return text.replace("|", "\\|").replace("\n", " ").strip()[:200]
 
 
+def _measured(task: TrainingTask, before: dict[str, Any], after: dict[str, Any]) -> list[str]:
+    """The type's declared metrics that its evaluation reported before or after training."""
+    return [name for name in TASK_TYPES[task.spec.task_type].metric_names if name in before or name in after]
+
+
 def _shown(value: float | None) -> float | None:
     """A metric as people read it: 4 significant digits (the exact value is in eval.json and the manifest)."""
     return None if value is None else float(f"{value:.4g}")
@@ -99,7 +79,7 @@ def publish(task: TrainingTask, results: dict[str, Any]) -> None:
     before, after = results["before"] or {}, results["after"] or {}
     rows = [
         {"metric": name, "before": _shown(before.get(name)), "after": _shown(after.get(name))}
-        for name in ("eval_loss", "perplexity")
+        for name in _measured(task, before, after)
     ]
     name = task.metadata.name
     create_table_artifact(rows, key=f"{name}-eval", description=f"Held-out evaluation of {name}")

@@ -1,6 +1,6 @@
 """The child process of a heavy step: ``python -P -m tasks JOB.json`` (see tasks/runner.py).
 
-Reads the typed job and runs its step: training with the taskType's module, or evaluation.
+Reads the typed job and runs its step with the taskType's hooks (tasks/tasktype.py): train or evaluate.
 """
 
 from __future__ import annotations
@@ -11,9 +11,8 @@ from pathlib import Path
 
 from configs import TrainingTask
 from configs.validate import load_task_data
-from tasks.evaluate import evaluate_in_child
 from tasks.jobs import JOB, TrainJob
-from tasks.registry import module_for
+from tasks.registry import trainer_for
 
 
 def main(argv: list[str]) -> int:
@@ -24,10 +23,11 @@ def main(argv: list[str]) -> int:
     task = load_task_data(job.task)
     if not isinstance(task, TrainingTask):
         raise TypeError(f"{task.kind} tasks have no {job.name} step")
+    trainer = trainer_for(task.spec.task_type)
     if isinstance(job, TrainJob):
-        module_for(task.spec.task_type).train(task, job)
+        trainer.train(task, job)
     else:
-        evaluate_in_child(task, job)
+        trainer.evaluate(task, job)
     return 0
 
 

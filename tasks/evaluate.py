@@ -177,3 +177,17 @@ def evaluate_in_child(task: TrainingTask, job: EvaluateJob) -> None:
     Path(job.result_path).write_text(json.dumps(result.to_dict(), indent=1))
     emit("metrics", label=job.label, eval_loss=loss, perplexity=result.perplexity)
     print(f"{job.label}: eval_loss {loss:.4f}, perplexity {result.perplexity:.2f} over {count} tokens", flush=True)
+
+
+def language_model_metrics(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, float]:
+    """Flat metrics of a language-model evaluation; eval_loss_reduction = before - after."""
+    out: dict[str, float] = {}
+    if after is not None:
+        out["eval_loss"] = after["eval_loss"]
+        out["perplexity"] = after["perplexity"]
+    if before is not None:
+        out["eval_loss_before"] = before["eval_loss"]
+        out["perplexity_before"] = before["perplexity"]
+    if before is not None and after is not None:
+        out["eval_loss_reduction"] = before["eval_loss"] - after["eval_loss"]
+    return out

@@ -15,6 +15,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from configs.checks import template_fields
+from tasks.registry import trainer_for
 
 if TYPE_CHECKING:
     from configs import TrainingTask
@@ -47,20 +48,28 @@ def missing_target_modules(targets: list[str], names: list[str]) -> list[str]:
 
 
 def check_columns(task: TrainingTask, columns: list[str]) -> list[str]:
+    """The columns the task's type needs (its ``required_columns`` hook) that the dataset lacks,
+    named by the template that uses them where one does."""
+    missing = [c for c in trainer_for(task.spec.task_type).required_columns(task) if c not in columns]
     prep = task.spec.dataset.preprocessing
-    problems = []
+    problems, named = [], set()
     for name, template in (
         ("prompt_template", prep.prompt_template),
         ("completion_template", prep.completion_template),
     ):
-        if template is None:
-            continue
-        missing = [f for f in template_fields(template) if f not in columns]
-        if missing:
+        lacking = [f for f in template_fields(template) if f in missing] if template else []
+        if lacking:
+            named |= set(lacking)
             problems.append(
-                f"spec.dataset.preprocessing.{name} uses {', '.join('{' + m + '}' for m in missing)}, "
+                f"spec.dataset.preprocessing.{name} uses {', '.join('{' + m + '}' for m in lacking)}, "
                 f"but the dataset's columns are: {', '.join(columns)}"
             )
+    rest = [c for c in missing if c not in named]
+    if rest:
+        problems.append(
+            f"taskType '{task.spec.task_type}' needs the column(s) {', '.join(rest)}, "
+            f"but the dataset's columns are: {', '.join(columns)}"
+        )
     return problems
 
 
@@ -97,13 +106,10 @@ def hardware(task: TrainingTask) -> list[str]:
 def preflight(task: TrainingTask, inputs: dict[str, dict[str, Any]], base_dir: Path) -> list[str]:
     """Raises PreflightError listing every problem; returns notes on what was checked."""
     from tasks.data import DataError, load_rows
-    from tasks.registry import module_for
     from tasks.upload import UploadError, check_writable
 
     problems: list[str] = []
     notes: list[str] = []
-    if not hasattr(module_for(task.spec.task_type), "train"):
-        problems.append(f"taskType '{task.spec.task_type}' cannot be run by this MLOC version yet")
     source = task.spec.dataset.source
     try:
         rows = load_rows(

@@ -10,6 +10,7 @@ from types import ModuleType
 
 from configs import TaskTypeInfo
 from tasks import agent, rag, train_dpo, train_grpo, train_ppo, train_rm, train_sft
+from tasks.tasktype import TrainerType, as_trainer, implements
 
 MODULES: list[ModuleType] = [
     train_sft,
@@ -33,6 +34,12 @@ def module_for(task_type: str) -> ModuleType:
 
 
 def runnable(task_type: str) -> bool:
-    """Whether MLOC can run this taskType end to end yet."""
-    module = module_for(task_type)
-    return hasattr(module, "train") or hasattr(module, "infer")
+    """Whether MLOC can run this taskType end to end yet: its module implements every hook of
+    tasks/tasktype.py. The one place this is decided; `mloc run`, `mloc deploy`, the REST API
+    and the pipeline all ask here."""
+    return implements(module_for(task_type))
+
+
+def trainer_for(task_type: str) -> TrainerType:
+    """The module of a training taskType, as the hooks the pipeline calls."""
+    return as_trainer(module_for(task_type))

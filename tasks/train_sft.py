@@ -8,9 +8,12 @@ on the completion only. `spec.hyperparameters` are fields of `trl.SFTConfig`.
 from __future__ import annotations
 
 from pathlib import Path
+from typing import Any
 
 from configs import TaskTypeInfo, TrainingTask
-from tasks.jobs import TrainJob
+from configs.checks import template_fields
+from tasks.evaluate import evaluate_in_child, language_model_metrics
+from tasks.jobs import EvaluateJob, TrainJob
 from tasks.trainer_fields import fields_file
 
 TASK_TYPE = TaskTypeInfo(
@@ -29,6 +32,27 @@ def trainer_config_class() -> type:
     from trl import SFTConfig
 
     return SFTConfig
+
+
+def required_columns(task: TrainingTask) -> list[str]:
+    """The columns the templates name (none without templates: the rows are TRL's own format)."""
+    prep = task.spec.dataset.preprocessing
+    fields = [
+        f
+        for template in (prep.prompt_template, prep.completion_template)
+        if template
+        for f in template_fields(template)
+    ]
+    return list(dict.fromkeys(fields))
+
+
+def evaluate(task: TrainingTask, job: EvaluateJob) -> None:
+    """Child side: held-out loss and perplexity of the completions, and a few generations."""
+    evaluate_in_child(task, job)
+
+
+def metrics(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, float]:
+    return language_model_metrics(before, after)
 
 
 def train(task: TrainingTask, job: TrainJob) -> None:

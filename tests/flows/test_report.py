@@ -7,7 +7,7 @@ from pathlib import Path
 import yaml
 
 from configs import TrainingTask, validate_text
-from flows.report import failed_gates, metrics
+from tasks.gates import failed_gates, metrics
 from tasks.registry import TASK_TYPES
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
@@ -22,13 +22,13 @@ def with_gates(gates: list[dict]) -> TrainingTask:
 
 
 def test_metrics_compare_before_and_after() -> None:
-    values = metrics({"eval_loss": 3.0, "perplexity": 20.1}, {"eval_loss": 1.0, "perplexity": 2.7})
+    values = metrics(with_gates([]), {"eval_loss": 3.0, "perplexity": 20.1}, {"eval_loss": 1.0, "perplexity": 2.7})
     assert values["eval_loss_reduction"] == 2.0
     assert values["eval_loss"] == 1.0 and values["perplexity_before"] == 20.1
 
 
 def test_gates() -> None:
-    values = metrics({"eval_loss": 3.0, "perplexity": 20.1}, {"eval_loss": 1.0, "perplexity": 2.7})
+    values = metrics(with_gates([]), {"eval_loss": 3.0, "perplexity": 20.1}, {"eval_loss": 1.0, "perplexity": 2.7})
     passing = with_gates([{"metric": "perplexity", "max": 3.0}, {"metric": "eval_loss_reduction", "min": 0.5}])
     assert failed_gates(passing, values) == []
     failing = with_gates([{"metric": "perplexity", "max": 2.0}, {"metric": "eval_loss", "min": 0.1, "max": 0.9}])
