@@ -1,12 +1,24 @@
 #!/usr/bin/env python
-"""Build the quickstart's assets: a tiny Q&A dataset and a tiny base model, offline.
+"""Build the quickstarts' assets: tiny datasets and a tiny base model, offline.
 
     python scripts/make_quickstart_assets.py [--out DIR]      # DIR defaults to configs/quickstart
+    python scripts/make_quickstart_assets.py --datasets-only  # the three .jsonl files; no torch
 
 Writes, under DIR:
 
 - `qa.jsonl`: short questions with 1-3 word answers (`question`, `answer`), made from
   templates over small fact tables (capitals, arithmetic, colours, opposites, animals).
+  The SFT quickstart (configs/quickstart.yaml) trains on it.
+- `preferences.jsonl`: one preference pair per row of qa.jsonl, in the same order
+  (`prompt`, `chosen`, `rejected`), for the DPO and reward-model quickstarts. `prompt` is
+  the question in the SFT quickstart's prompt format ("Question: ...\nAnswer:"), `chosen`
+  its right answer as the SFT quickstart's completion (" Paris"), `rejected` a wrong answer
+  of the same kind: another row's answer from the same fact table (" Rome"; for arithmetic,
+  another result of the same operation), never the right one.
+- `prompts.jsonl`: every fact of the arithmetic table as a prompt in the same format and
+  its result as text (`prompt`, `solution`: "Question: What is 7 times 6?\nAnswer:", "42"),
+  shuffled, for the online-RL quickstarts (GRPO, PPO), whose reward compares a completion
+  with `solution`.
 - `tiny-model/`: a tiny `LlamaForCausalLM` and its byte-level BPE tokenizer, loadable
   offline with `AutoModelForCausalLM` / `AutoTokenizer`. The model is briefly (~20 s)
   pre-trained on plain text stating the same facts ("The capital of France is Paris.",
@@ -16,7 +28,8 @@ Writes, under DIR:
   (A randomly initialised model barely moves under 60 LoRA steps: its frozen embeddings
   and head are noise.)
 
-The output is deterministic: fixed seeds, fixed iteration order, one CPU thread for the
+The output is deterministic: fixed seeds (each dataset its own `random.Random`, so that
+adding one leaves the others as they were), fixed iteration order, one CPU thread for the
 pre-training, and on x86-64 the float kernels pinned to their AVX2 code paths (torch's
 ATEN_CPU_CAPABILITY and MKL's MKL_CBWR, set below before torch is imported): running it
 twice gives byte-identical files. The pinning is there so that other x86-64 CPUs (an
@@ -25,7 +38,8 @@ the shipped ones; unpinned, torch and MKL pick kernels that sum in another order
 pre-trained weights differ in the last bits. That has been checked on AVX2 hardware only.
 Same versions of torch, transformers and tokenizers assumed (config.json records
 transformers'); on other CPUs (ARM) the output is deterministic run to run but not equal
-to the shipped files.
+to the shipped files. `--datasets-only` writes the three datasets alone (they need neither
+torch nor the pinning, and are the same on every platform) and leaves tiny-model/ as it is.
 """
 
 from __future__ import annotations
@@ -46,7 +60,9 @@ X86 = platform.machine().lower() in ("x86_64", "amd64")
 PINNED_ENV = {"ATEN_CPU_CAPABILITY": "avx2", "MKL_CBWR": "AVX2"} if X86 else {}
 os.environ.update(PINNED_ENV)
 
-SEED = 20240601
+SEED = 20240601  # qa.jsonl and the model
+PREFERENCES_SEED = SEED + 1  # the rejected answers of preferences.jsonl
+PROMPTS_SEED = SEED + 2  # the order of prompts.jsonl
 DEFAULT_OUT = Path(__file__).resolve().parent.parent / "configs" / "quickstart"
 
 # ---------------------------------------------------------------------------------------------
@@ -221,33 +237,90 @@ def arithmetic_facts() -> list[tuple[int, str, int, int]]:
 # ---------------------------------------------------------------------------------------------
 
 
-def qa_rows() -> list[dict[str, str]]:
-    """The dataset's rows, in a fixed (seeded, shuffled) order."""
-    rows: list[tuple[str, str]] = []
+def qa_facts() -> list[tuple[str, str, str]]:
+    """(table, question, answer) for every row of qa.jsonl, in its fixed (seeded, shuffled) order.
+
+    `table` names the fact table the row comes from ("capitals", ..., "arithmetic:plus").
+    """
+    rows: list[tuple[str, str, str]] = []
     for country, capital in CAPITALS:
-        rows.append((f"What is the capital of {country}?", capital))
-        rows.append((f"Which city is the capital of {country}?", capital))
-        rows.append((f"Name the capital city of {country}.", capital))
+        rows.append(("capitals", f"What is the capital of {country}?", capital))
+        rows.append(("capitals", f"Which city is the capital of {country}?", capital))
+        rows.append(("capitals", f"Name the capital city of {country}.", capital))
     for thing, colour in COLOURS:
-        rows.append((f"What colour is {thing}?", colour))
-        rows.append((f"What is the colour of {thing}?", colour))
+        rows.append(("colours", f"What colour is {thing}?", colour))
+        rows.append(("colours", f"What is the colour of {thing}?", colour))
     for a, b in OPPOSITES:
-        rows.append((f"What is the opposite of {a}?", b))
-        rows.append((f"What is the opposite of {b}?", a))
-        rows.append((f"Give the opposite of {a}.", b))
+        rows.append(("opposites", f"What is the opposite of {a}?", b))
+        rows.append(("opposites", f"What is the opposite of {b}?", a))
+        rows.append(("opposites", f"Give the opposite of {a}.", b))
     for animal, sound in SOUNDS:
-        rows.append((f"What sound does a {animal} make?", sound))
-        rows.append((f"What does a {animal} say?", sound))
+        rows.append(("sounds", f"What sound does a {animal} make?", sound))
+        rows.append(("sounds", f"What does a {animal} say?", sound))
     for animal, baby in BABIES:
-        rows.append((f"What is a baby {animal} called?", baby))
-        rows.append((f"What do you call a young {animal}?", baby))
+        rows.append(("babies", f"What is a baby {animal} called?", baby))
+        rows.append(("babies", f"What do you call a young {animal}?", baby))
     rng = random.Random(SEED)
     for name, _ in OPERATIONS:
         facts = [f for f in arithmetic_facts() if f[1] == name]
         for a, op, b, result in rng.sample(facts, ARITHMETIC_ROWS_PER_OPERATION):
-            rows.append((f"What is {a} {op} {b}?", str(result)))
+            rows.append((f"arithmetic:{op}", f"What is {a} {op} {b}?", str(result)))
     rng.shuffle(rows)
-    return [{"question": q, "answer": a} for q, a in rows]
+    return rows
+
+
+def qa_rows() -> list[dict[str, str]]:
+    """The dataset's rows, in a fixed (seeded, shuffled) order."""
+    return [{"question": q, "answer": a} for _, q, a in qa_facts()]
+
+
+# The SFT quickstart's formats (configs/quickstart.yaml, spec.dataset.preprocessing); the
+# preference and prompt datasets are written in them too.
+PROMPT_TEMPLATE = "Question: {question}\nAnswer:"
+COMPLETION_TEMPLATE = " {answer}"
+
+
+def preference_rows() -> list[dict[str, str]]:
+    """One (prompt, chosen, rejected) pair per row of qa.jsonl, in its order.
+
+    `rejected` is drawn from the other answers of the row's fact table (the distinct answers of
+    its rows, in first-seen order), never the right one, with its own seeded generator.
+    """
+    facts = qa_facts()
+    answers: dict[str, dict[str, None]] = {}
+    for table, _, answer in facts:
+        answers.setdefault(table, {})[answer] = None
+    rng = random.Random(PREFERENCES_SEED)
+    rows = []
+    for table, question, answer in facts:
+        wrong = rng.choice([a for a in answers[table] if a != answer])
+        rows.append(
+            {
+                "prompt": PROMPT_TEMPLATE.format(question=question),
+                "chosen": COMPLETION_TEMPLATE.format(answer=answer),
+                "rejected": COMPLETION_TEMPLATE.format(answer=wrong),
+            }
+        )
+    return rows
+
+
+def prompt_rows() -> list[dict[str, str]]:
+    """Every arithmetic fact as (prompt, solution), shuffled with its own seeded generator."""
+    rows = [
+        {"prompt": PROMPT_TEMPLATE.format(question=f"What is {a} {op} {b}?"), "solution": str(result)}
+        for a, op, b, result in arithmetic_facts()
+    ]
+    random.Random(PROMPTS_SEED).shuffle(rows)
+    return rows
+
+
+def write_datasets(out: Path) -> dict[str, int]:
+    """Write qa.jsonl, preferences.jsonl and prompts.jsonl under `out`; their row counts by file name."""
+    out.mkdir(parents=True, exist_ok=True)
+    datasets = {"qa.jsonl": qa_rows(), "preferences.jsonl": preference_rows(), "prompts.jsonl": prompt_rows()}
+    for name, rows in datasets.items():
+        write_jsonl(rows, out / name)
+    return {name: len(rows) for name, rows in datasets.items()}
 
 
 def write_jsonl(rows: list[dict[str, str]], path: Path) -> None:
@@ -461,8 +534,8 @@ def build(out: Path, *, pretrain_steps: int = PRETRAIN_STEPS, verbose: bool = Tr
     out.mkdir(parents=True, exist_ok=True)
     started = time.perf_counter()
 
+    counts = write_datasets(out)
     rows = qa_rows()
-    write_jsonl(rows, out / "qa.jsonl")
 
     sentences = pretraining_sentences()
     # The tokenizer also sees the rows in the quickstart's prompt format (configs/quickstart.yaml).
@@ -478,7 +551,8 @@ def build(out: Path, *, pretrain_steps: int = PRETRAIN_STEPS, verbose: bool = Tr
 
     if verbose:
         params = sum(p.numel() for p in model.parameters())
-        print(f"qa.jsonl: {len(rows)} rows; pretraining sentences: {len(sentences)}")
+        print(", ".join(f"{name}: {n} rows" for name, n in counts.items()))
+        print(f"pretraining sentences: {len(sentences)}")
         print(f"tokenizer: {len(tokenizer)} tokens; model: {params:,} parameters")
         if losses:
             print(f"pretraining: {len(losses)} steps, loss {losses[0]:.3f} -> {sum(losses[-20:]) / 20:.3f}")
@@ -491,7 +565,16 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument(
         "--pretrain-steps", type=int, default=PRETRAIN_STEPS, help="0 ships a randomly initialised model"
     )
+    parser.add_argument(
+        "--datasets-only",
+        action="store_true",
+        help="write the .jsonl datasets only: no tokenizer, no model, no torch (tiny-model/ is left as it is)",
+    )
     args = parser.parse_args(argv)
+    if args.datasets_only:
+        counts = write_datasets(args.out)
+        print(", ".join(f"{name}: {n} rows" for name, n in counts.items()))
+        return
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     build(args.out, pretrain_steps=args.pretrain_steps)
 
