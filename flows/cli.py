@@ -158,13 +158,12 @@ def _summary(state: State[Any]) -> None:
     loss = trained["train_loss"]
     shown = f", train loss {loss:.4g}" if loss is not None else ""
     typer.echo(f"  training:  {trained['global_step']} steps{shown}")
-    if "eval_loss" in metrics:
-        typer.echo(
-            f"  eval loss: {metrics.get('eval_loss_before', float('nan')):.4f} before -> {metrics['eval_loss']:.4f} after"
-        )
-        typer.echo(
-            f"  perplexity: {metrics.get('perplexity_before', float('nan')):.2f} before -> {metrics['perplexity']:.2f} after"
-        )
+    from tasks.registry import TASK_TYPES
+
+    # the metrics the task's type declares, as its evaluation measured them before and after
+    for name in TASK_TYPES[out["task_type"]].metric_names if "task_type" in out else []:
+        if name in metrics and f"{name}_before" in metrics:
+            typer.echo(f"  {name + ':':16} {metrics[f'{name}_before']:.4g} before -> {metrics[name]:.4g} after")
 
 
 @app.command()

@@ -127,6 +127,7 @@ def evaluate_step(
         dataset_path=inputs["dataset"]["path"],
         dataset_source_type=inputs["dataset"]["source_type"],
         adapter_dir=adapter_dir,
+        base_model_path=inputs["model"]["path"],
         result_path=str(workdir / f"eval-{label}.json"),
     )
     relay = Relay(logger)
@@ -226,6 +227,7 @@ def pipeline(task: Task, base_dir: str = ".", task_yaml_sha256: str | None = Non
     report.publish_outputs(task_, uploaded, manifest)
     return {
         "name": task_.metadata.name,
+        "task_type": task_.spec.task_type,
         "output": uploaded["uri"],
         "metrics": metrics,
         "training": trained,

@@ -42,6 +42,9 @@ class EvaluateJob(_Job):
     step: Literal["evaluate"] = "evaluate"
     label: Literal["before", "after"] = Field(description="The base model (before) or the trained one (after).")
     adapter_dir: str | None = Field(None, description="The trained adapter, applied on the base model.")
+    base_model_path: str | None = Field(
+        None, description="The base model, for evaluations that compare with it (a full fine-tune's reference)."
+    )
 
     @property
     def name(self) -> str:

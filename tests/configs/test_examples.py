@@ -37,7 +37,8 @@ def test_mloc_validate_configs_folder_exits_0() -> None:
     mloc = Path(sys.executable).parent / "mloc"  # the installed console script, PATH or not
     proc = subprocess.run([str(mloc), "validate", str(CONFIGS)], capture_output=True, text=True, cwd=ROOT)
     assert proc.returncode == 0, proc.stdout + proc.stderr
-    assert proc.stdout.count("ok    ") == len(EXAMPLES)
+    # the examples, and the quickstarts of each type under configs/quickstart/
+    assert proc.stdout.count("ok    ") == len(EXAMPLES) + len(list(CONFIGS.glob("quickstart/*.y*ml")))
 
 
 def test_validate_does_not_import_torch_or_prefect() -> None:

@@ -171,7 +171,7 @@ def test_a_task_that_cannot_run_is_refused_and_nothing_is_registered(server: dic
     fine = tmp_path / "fine.yaml"
     fine.write_text(text.replace("name: sft-mistral-7b-on-dolly", "name: fine-but-not-alone"))
     # valid, but of a taskType this version validates and cannot run yet
-    not_yet = CONFIGS / "dpo_mistral_ultrafeedback.yaml"
+    not_yet = CONFIGS / "grpo_qwen_math.yaml"
     refused = cli(env, "mloc", "deploy", str(fine), str(too_many), str(not_yet))
     assert refused.returncode == 1
     assert (
@@ -179,6 +179,6 @@ def test_a_task_that_cannot_run_is_refused_and_nothing_is_registered(server: dic
         and "asks for 16 GPUs per replica but a nvidia-a100-80gb node offers at most 8" in refused.stderr
         and "nothing was deployed" in refused.stderr
     )
-    assert f"{not_yet}: taskType 'dpo' cannot be run by this MLOC version yet" in refused.stderr
+    assert f"{not_yet}: taskType 'grpo' cannot be run by this MLOC version yet" in refused.stderr
     names = [d["name"] for d in api(env, "POST", "/deployments/filter", {})]
-    assert not {"fine-but-not-alone", "too-many-gpus", "dpo-mistral-7b-ultrafeedback"} & set(names)
+    assert not {"fine-but-not-alone", "too-many-gpus", "grpo-qwen-math"} & set(names)
