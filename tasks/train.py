@@ -141,6 +141,40 @@ def trainer_arguments(task: TrainingTask, job: TrainJob) -> dict[str, Any]:
     }
 
 
+def run_trainer(
+    task: TrainingTask, job: TrainJob, trainer_class: type, config_class: type, rows: str, **extra: Any
+) -> None:
+    """Child side, for any TRL trainer: load the data, tokenizer and model (quantised for QLoRA),
+    build ``trainer_class`` with ``config_class(**trainer_arguments)`` and the task's adapter,
+    train (resuming from ``job.resume_from``) and save the result. ``rows`` names what a row is
+    in the log line; ``extra`` goes to the trainer (e.g. ``ref_model`` for DPO)."""
+    from transformers import AutoModelForCausalLM
+
+    from tasks.data import examples
+    from tasks.modeling import load_tokenizer, lora_config, quantization_config
+
+    train_rows, _ = examples(task, job.dataset_path, job.dataset_source_type)
+    tokenizer = load_tokenizer(job.model_path)
+    adapter = task.spec.model.adapter
+    quant = quantization_config(adapter)
+    model = AutoModelForCausalLM.from_pretrained(
+        job.model_path, **({"quantization_config": quant, "device_map": "auto"} if quant else {})
+    )
+    trainer = trainer_class(
+        model=model,
+        args=config_class(**trainer_arguments(task, job)),
+        train_dataset=train_rows,
+        processing_class=tokenizer,
+        peft_config=lora_config(adapter) if adapter else None,
+        **extra,
+    )
+    report_to_parent(trainer)
+    start = f"resuming from {Path(job.resume_from).name}" if job.resume_from else "from the start"
+    print(f"training on {len(train_rows)} {rows}, {start}", flush=True)
+    fit(trainer, job)
+    finish(trainer, tokenizer, task, job)
+
+
 def fit(trainer: Any, job: TrainJob) -> None:
     """``trainer.train()``, resuming from ``job.resume_from``; a checkpoint written at the
     last step is loaded as it is, since resuming from it would train one step past max_steps."""

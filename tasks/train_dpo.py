@@ -14,6 +14,7 @@ from typing import Any
 
 from configs import TaskTypeInfo, TrainingTask
 from tasks.jobs import EvaluateJob, TrainJob
+from tasks.train import run_trainer
 from tasks.trainer_fields import fields_file
 
 TASK_TYPE = TaskTypeInfo(
@@ -58,32 +59,10 @@ def metrics(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict
 
 def train(task: TrainingTask, job: TrainJob) -> None:
     """Child side: DPO with TRL's DPOTrainer; with an adapter, the base model (adapter off) is the reference."""
-    from transformers import AutoModelForCausalLM
     from trl import DPOConfig, DPOTrainer
 
-    from tasks.data import examples
-    from tasks.modeling import load_tokenizer, lora_config, quantization_config
-    from tasks.train import finish, fit, report_to_parent, trainer_arguments
-
-    train_rows, _ = examples(task, job.dataset_path, job.dataset_source_type)
-    tokenizer = load_tokenizer(job.model_path)
-    adapter = task.spec.model.adapter
-    quant = quantization_config(adapter)
-    model = AutoModelForCausalLM.from_pretrained(
-        job.model_path, **({"quantization_config": quant, "device_map": "auto"} if quant else {})
-    )
-    trainer = DPOTrainer(
-        model=model,
-        ref_model=None,  # a copy of the model without an adapter; the base (adapter disabled) with one
-        args=DPOConfig(**trainer_arguments(task, job)),
-        train_dataset=train_rows,
-        processing_class=tokenizer,
-        peft_config=lora_config(adapter) if adapter else None,
-    )
-    report_to_parent(trainer)
-    print(f"training on {len(train_rows)} preference pairs", flush=True)
-    fit(trainer, job)
-    finish(trainer, tokenizer, task, job)
+    # ref_model None: with an adapter the base (adapter disabled) is the reference, else TRL copies the model
+    run_trainer(task, job, DPOTrainer, DPOConfig, rows="preference pairs", ref_model=None)
 
 
 def evaluate(task: TrainingTask, job: EvaluateJob) -> None:

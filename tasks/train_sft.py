@@ -7,13 +7,13 @@ on the completion only. `spec.hyperparameters` are fields of `trl.SFTConfig`.
 
 from __future__ import annotations
 
-from pathlib import Path
 from typing import Any
 
 from configs import TaskTypeInfo, TrainingTask
 from configs.checks import template_fields
 from tasks.evaluate import evaluate_in_child, language_model_metrics
 from tasks.jobs import EvaluateJob, TrainJob
+from tasks.train import run_trainer
 from tasks.trainer_fields import fields_file
 
 TASK_TYPE = TaskTypeInfo(
@@ -57,29 +57,6 @@ def metrics(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict
 
 def train(task: TrainingTask, job: TrainJob) -> None:
     """Child side: fine-tune with TRL's SFTTrainer and save the result."""
-    from transformers import AutoModelForCausalLM
     from trl import SFTConfig, SFTTrainer
 
-    from tasks.data import examples
-    from tasks.modeling import load_tokenizer, lora_config, quantization_config
-    from tasks.train import finish, fit, report_to_parent, trainer_arguments
-
-    train_rows, _ = examples(task, job.dataset_path, job.dataset_source_type)
-    tokenizer = load_tokenizer(job.model_path)
-    adapter = task.spec.model.adapter
-    quant = quantization_config(adapter)
-    model = AutoModelForCausalLM.from_pretrained(
-        job.model_path, **({"quantization_config": quant, "device_map": "auto"} if quant else {})
-    )
-    trainer = SFTTrainer(
-        model=model,
-        args=SFTConfig(**trainer_arguments(task, job)),
-        train_dataset=train_rows,
-        processing_class=tokenizer,
-        peft_config=lora_config(adapter) if adapter else None,
-    )
-    report_to_parent(trainer)
-    start = f"resuming from {Path(job.resume_from).name}" if job.resume_from else "from the start"
-    print(f"training on {len(train_rows)} examples, {start}", flush=True)
-    fit(trainer, job)
-    finish(trainer, tokenizer, task, job)
+    run_trainer(task, job, SFTTrainer, SFTConfig, rows="examples")
