@@ -214,7 +214,9 @@ def test_generator_reproduces_the_shipped_files(tmp_path: Path) -> None:
         env={**os.environ, "HF_HUB_OFFLINE": "1"},
     )
     assert result.returncode == 0, result.stderr[-2000:]
-    shipped, regenerated = _files(ASSETS), _files(tmp_path)
+    # the quickstart task.yaml files of each type (dpo.yaml, ...) live beside the assets, written by hand
+    shipped = {name: data for name, data in _files(ASSETS).items() if not name.endswith((".yaml", ".yml"))}
+    regenerated = _files(tmp_path)
     assert sorted(regenerated) == sorted(shipped)
     differing = [name for name in shipped if shipped[name] != regenerated[name]]
     assert not differing, (
