@@ -161,7 +161,7 @@ def _summary(state: State[Any]) -> None:
     from tasks.registry import TASK_TYPES
 
     # the metrics the task's type declares, as its evaluation measured them before and after
-    for name in TASK_TYPES[out["task_type"]].metric_names if "task_type" in out else []:
+    for name in TASK_TYPES[out["task_type"]].metric_names:
         if name in metrics and f"{name}_before" in metrics:
             typer.echo(f"  {name + ':':16} {metrics[f'{name}_before']:.4g} before -> {metrics[name]:.4g} after")
 

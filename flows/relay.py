@@ -30,8 +30,6 @@ PAUSE_S = 1.0  # between sends while there is something to send
 MAX_BACKOFF_S = 15.0
 PROGRESS_EVERY_S = 2.0
 
-log = logging.getLogger(__name__)
-
 
 class Relay:
     """Buffers a child's lines (for the run's logs) and progress (for its progress artifact)
@@ -147,11 +145,14 @@ class Relay:
         while True:
             with self._lock:
                 batch = [self._lines[i] for i in range(min(BATCH, len(self._lines)))]
+                dropped = self._dropped
             if not batch:
                 return
             client.create_logs([LogCreate(**entry) for entry in batch])
             with self._lock:
-                for _ in batch:
+                # a full buffer may have dropped some of this batch from the front meanwhile:
+                # remove only what is still there, never a line not yet sent
+                for _ in range(max(0, len(batch) - (self._dropped - dropped))):
                     self._lines.popleft()
 
     def _send_progress(self, client: Any) -> None:
