@@ -128,6 +128,7 @@ def evaluate_step(
         dataset_source_type=inputs["dataset"]["source_type"],
         adapter_dir=adapter_dir,
         base_model_path=inputs["model"]["path"],
+        reward_model_path=inputs.get("reward_model", {}).get("path"),
         result_path=str(workdir / f"eval-{label}.json"),
     )
     relay = Relay(logger)

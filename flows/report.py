@@ -153,6 +153,7 @@ def manifest(
         "reward_model": lineage("reward_model"),
         "metrics": values,
         "training": {
+            "trainer": trained["trainer"],
             "global_step": trained["global_step"],
             "train_loss": trained["train_loss"],
             "runtime_s": trained["runtime_s"],

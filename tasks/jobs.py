@@ -20,6 +20,9 @@ class _Job(BaseModel):
     dataset_path: str = Field(description="The dataset's file or folder on this worker.")
     dataset_source_type: str = Field(description="local, s3 or huggingface: how to read dataset_path.")
     result_path: str = Field(description="Where the child writes its result, as JSON.")
+    reward_model_path: str | None = Field(
+        None, description="The reward model's folder, for the types that score with one (ppo, grpo)."
+    )
 
     @property
     def name(self) -> str:
@@ -31,7 +34,6 @@ class TrainJob(_Job):
     step: Literal["train"] = "train"
     output_dir: str = Field(description="Where checkpoints and the final weights go.")
     resume_from: str | None = Field(None, description="The complete checkpoint to resume from.")
-    reward_model_path: str | None = Field(None, description="The reward model's folder, for ppo and grpo.")
 
     @property
     def name(self) -> str:

@@ -35,6 +35,7 @@ class TrainResult:
     final_dir: str  # the adapter (or the full model, without an adapter)
     merged_dir: str | None  # the adapter merged into the base model, when full_model is asked for
     state_file: str  # trainer_state.json: the log history
+    trainer: str  # the TRL trainer class that trained it, e.g. "RLOOTrainer" for a ppo task
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -128,26 +129,44 @@ def run_training(
 # --- child side -------------------------------------------------------------------------------
 
 
-def trainer_arguments(task: TrainingTask, job: TrainJob) -> dict[str, Any]:
-    """spec.hyperparameters, plus what MLOC sets from the rest of the task."""
+def trainer_arguments(task: TrainingTask, job: TrainJob, config_class: type | None = None) -> dict[str, Any]:
+    """spec.hyperparameters, plus what MLOC sets from the rest of the task: ``max_length`` from
+    preprocessing.max_seq_length where the config class has that field (the online RL configs
+    bound the completion instead, with their own max_completion_length)."""
+    import dataclasses
+
     from tasks.modeling import cuda_available
 
+    has_max_length = config_class is None or any(f.name == "max_length" for f in dataclasses.fields(config_class))
     return {
         **task.spec.hyperparameters,
         "output_dir": job.output_dir,
-        "max_length": task.spec.dataset.preprocessing.max_seq_length,
+        **({"max_length": task.spec.dataset.preprocessing.max_seq_length} if has_max_length else {}),
         "disable_tqdm": True,  # progress goes to Prefect as events, not as terminal bars
         "use_cpu": not cuda_available(),
     }
 
 
 def run_trainer(
-    task: TrainingTask, job: TrainJob, trainer_class: type, config_class: type, rows: str, **extra: Any
+    task: TrainingTask,
+    job: TrainJob,
+    trainer_class: type,
+    config_class: type,
+    rows: str,
+    *,
+    model_class: type | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+    peft_task_type: str = "CAUSAL_LM",
+    **extra: Any,
 ) -> None:
     """Child side, for any TRL trainer: load the data, tokenizer and model (quantised for QLoRA),
     build ``trainer_class`` with ``config_class(**trainer_arguments)`` and the task's adapter,
-    train (resuming from ``job.resume_from``) and save the result. ``rows`` names what a row is
-    in the log line; ``extra`` goes to the trainer (e.g. ``ref_model`` for DPO)."""
+    train (resuming from ``job.resume_from``) and save the result.
+
+    ``rows`` names what a row is in the log line. The model is a ``model_class`` (a causal LM
+    unless given, e.g. a sequence classifier for a reward model) loaded with ``model_kwargs``;
+    the adapter's PEFT task type is ``peft_task_type``. ``extra`` goes to the trainer (e.g.
+    ``ref_model`` for DPO, ``reward_funcs`` for online RL)."""
     from transformers import AutoModelForCausalLM
 
     from tasks.data import examples
@@ -157,22 +176,25 @@ def run_trainer(
     tokenizer = load_tokenizer(job.model_path)
     adapter = task.spec.model.adapter
     quant = quantization_config(adapter)
-    model = AutoModelForCausalLM.from_pretrained(
-        job.model_path, **({"quantization_config": quant, "device_map": "auto"} if quant else {})
+    loader: Any = model_class or AutoModelForCausalLM
+    model = loader.from_pretrained(
+        job.model_path,
+        **(model_kwargs or {}),
+        **({"quantization_config": quant, "device_map": "auto"} if quant else {}),
     )
     trainer = trainer_class(
         model=model,
-        args=config_class(**trainer_arguments(task, job)),
+        args=config_class(**trainer_arguments(task, job, config_class)),
         train_dataset=train_rows,
         processing_class=tokenizer,
-        peft_config=lora_config(adapter) if adapter else None,
+        peft_config=lora_config(adapter, peft_task_type) if adapter else None,
         **extra,
     )
     report_to_parent(trainer)
     start = f"resuming from {Path(job.resume_from).name}" if job.resume_from else "from the start"
-    print(f"training on {len(train_rows)} {rows}, {start}", flush=True)
+    print(f"training with {trainer_class.__name__} on {len(train_rows)} {rows}, {start}", flush=True)
     fit(trainer, job)
-    finish(trainer, tokenizer, task, job)
+    finish(trainer, tokenizer, task, job, model_class=loader, model_kwargs=model_kwargs)
 
 
 def fit(trainer: Any, job: TrainJob) -> None:
@@ -220,8 +242,15 @@ def _callbacks() -> list[Any]:
     return [Report()]
 
 
-def finish(trainer: Any, tokenizer: Any, task: TrainingTask, job: TrainJob) -> None:
-    """Save the final weights (and the merged model if asked for) and the result file."""
+def finish(
+    trainer: Any,
+    tokenizer: Any,
+    task: TrainingTask,
+    job: TrainJob,
+    model_class: type | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+) -> None:
+    """Save the final weights (and the merged model, a ``model_class``, if asked for) and the result file."""
     out = Path(job.output_dir)
     final_dir = out / "final"
     trainer.save_model(str(final_dir))
@@ -231,7 +260,7 @@ def finish(trainer: Any, tokenizer: Any, task: TrainingTask, job: TrainJob) -> N
     merged_dir = None
     if task.spec.model.adapter is not None and "full_model" in task.spec.output.artifacts:
         merged_dir = out / "merged"
-        merge_adapter(job.model_path, str(final_dir), str(merged_dir))
+        merge_adapter(job.model_path, str(final_dir), str(merged_dir), model_class, model_kwargs)
         tokenizer.save_pretrained(str(merged_dir))
     # train_loss is the mean over the whole training, logged at its end; a result saved from the
     # last checkpoint has only the logged step losses
@@ -247,14 +276,23 @@ def finish(trainer: Any, tokenizer: Any, task: TrainingTask, job: TrainJob) -> N
         final_dir=str(final_dir),
         merged_dir=str(merged_dir) if merged_dir else None,
         state_file=str(state_file),
+        trainer=type(trainer).__name__,
     )
     Path(job.result_path).write_text(json.dumps(result.to_dict(), indent=1))
 
 
-def merge_adapter(base_path: str, adapter_dir: str, target: str) -> None:
-    """The adapter folded into an unquantised copy of the base model (merging into 4 bits would lose it)."""
+def merge_adapter(
+    base_path: str,
+    adapter_dir: str,
+    target: str,
+    model_class: type | None = None,
+    model_kwargs: dict[str, Any] | None = None,
+) -> None:
+    """The adapter folded into an unquantised copy of the base model (merging into 4 bits would
+    lose it), loaded as ``model_class`` (a causal LM unless given)."""
     from peft import PeftModel
     from transformers import AutoModelForCausalLM
 
-    base = AutoModelForCausalLM.from_pretrained(base_path, dtype="auto")
+    loader: Any = model_class or AutoModelForCausalLM
+    base = loader.from_pretrained(base_path, dtype="auto", **(model_kwargs or {}))
     PeftModel.from_pretrained(base, adapter_dir).merge_and_unload().save_pretrained(target)
