@@ -388,6 +388,12 @@ class _Spec(Model):
             raise ValueError(
                 f"'{value}' is a {kind} type — set kind: {kind}, or use one of the {cls.KIND} types: {', '.join(same)}"
             )
+        if task_types[value].unavailable:
+            running = sorted(n for n, t in task_types.items() if not t.unavailable)
+            raise ValueError(
+                f"'{value}' cannot run in this MLOC version: {task_types[value].unavailable} — "
+                f"the types that run are: {', '.join(running)}"
+            )
         return value
 
 
@@ -405,9 +411,22 @@ class TrainingSpec(_Spec):
     reward_model: RewardModelSpec | None = Field(
         None, description="The reward model that online RL (ppo, grpo) scores completions with."
     )
-    reward_functions: list[Literal["accuracy_reward", "reasoning_accuracy_reward", "think_format_reward"]] = Field(
+    reward_functions: list[
+        Literal[
+            "accuracy_reward",
+            "reasoning_accuracy_reward",
+            "think_format_reward",
+            "exact_match_reward",
+            "short_answer_reward",
+        ]
+    ] = Field(
         default_factory=list,
-        description="TRL's built-in reward functions for grpo, beside or instead of a reward model.",
+        description="Reward functions scoring completions in online RL (grpo, ppo), beside a reward model or, "
+        "for grpo, instead of one; their rewards are summed (weighted by hyperparameters.reward_weights). TRL's "
+        "accuracy_reward (a LaTeX answer such as \\boxed{42} equals column `solution`, by math-verify), "
+        "reasoning_accuracy_reward (the same, after </think>) and think_format_reward (<think>...</think> first); "
+        "MLOC's exact_match_reward (the completion is `solution`, ignoring case, spaces and a final full stop) "
+        "and short_answer_reward (one to five words, ending before max_completion_length).",
     )
     hyperparameters: dict[str, Any] = Field(
         default_factory=dict, description="Fields of the trainer's config class (e.g. trl.SFTConfig), passed as-is."

@@ -36,7 +36,11 @@ def task_schema(task_types: Mapping[str, TaskTypeInfo]) -> dict[str, Any]:
         names = sorted(n for n, t in task_types.items() if t.kind == kind)
         prop = defs[spec_name]["properties"]["taskType"]
         prop["enum"] = names
-        prop["description"] += " " + "; ".join(f"{n}: {task_types[n].summary}" for n in names)
+        prop["description"] += " " + "; ".join(
+            f"{n}: {task_types[n].summary}"
+            + (f" (cannot run yet: {task_types[n].unavailable})" if task_types[n].unavailable else "")
+            for n in names
+        )
     conditions = []
     for name, info in sorted(task_types.items()):
         if info.fields_file is None:

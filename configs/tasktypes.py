@@ -33,6 +33,9 @@ class TaskTypeInfo:
     example: str = ""
     #: the metrics its evaluation produces, each with which way is better: what gates may check
     metrics: tuple[tuple[str, Direction], ...] = ()
+    #: why this MLOC version cannot run the type yet ("" when it can); `mloc validate` refuses
+    #: its tasks with this reason, so no entry point accepts a task that cannot run
+    unavailable: str = ""
 
     @property
     def metric_names(self) -> list[str]:

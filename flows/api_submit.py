@@ -22,7 +22,7 @@ from configs.models import LocalDestination, LocalSource
 from configs.yamlsource import parse
 from flows.deploy import Plan, apply, plan
 from flows.pipeline import FLOW_NAME
-from tasks.registry import TASK_TYPES, runnable
+from tasks.registry import TASK_TYPES
 from work_pools import PoolError, pool_named
 
 SOURCE_NAME = "<request>"  # the "file" of every issue, as `mloc validate` names a file
@@ -89,9 +89,6 @@ def prepare(text: str, *, local: bool | None) -> Plan:
         raise ApiError(
             422, f"local paths in a submitted task.yaml must be absolute and under {LOCAL_ROOTS_ENV}", misplaced
         )
-    if not runnable(task.spec.task_type):
-        # deploying it would only queue a run that fails at once on the worker
-        raise ApiError(422, f"taskType '{task.spec.task_type}' cannot be run by this MLOC version yet")
     if local is None:
         local = deployed_locally(task.metadata.name) is True
     with tempfile.TemporaryDirectory(prefix="mloc-api-") as folder:

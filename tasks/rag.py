@@ -8,6 +8,9 @@ from __future__ import annotations
 
 from configs import TaskTypeInfo
 
+# until the inference pipeline lands, validation refuses these tasks with this reason
+UNAVAILABLE = "the inference pipeline (rag_inference, agent) is not built yet"
+
 TASK_TYPE = TaskTypeInfo(
     name="rag_inference",
     kind="InferenceTask",

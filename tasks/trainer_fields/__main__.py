@@ -1,9 +1,9 @@
 """`python -m tasks.trainer_fields [--check]`: rewrite (or check) the snapshot of every
-registered trainer's config class."""
+trainer's config class MLOC ships (a type of another distribution keeps its own)."""
 
 import sys
 
-from tasks.registry import MODULES
+from tasks.registry import BUILTIN
 from tasks.trainer_fields import main
 
-sys.exit(main(sys.argv[1:], MODULES))
+sys.exit(main(sys.argv[1:], BUILTIN))

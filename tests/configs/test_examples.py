@@ -14,7 +14,7 @@ import yaml
 
 from configs import validate_file, validate_text
 from configs.schema import task_schema
-from tasks.registry import MODULES, TASK_TYPES
+from tasks.registry import BUILTIN, TASK_TYPES
 
 ROOT = Path(__file__).resolve().parents[2]
 CONFIGS = ROOT / "configs"
@@ -26,19 +26,49 @@ def test_examples_exist() -> None:
     assert {"sft_mistral_7b.yaml", "ppo_zephyr_7b.yaml", "rag_inference_service.yaml", "quickstart.yaml"} <= names
 
 
+UNAVAILABLE = sorted(name for name, info in TASK_TYPES.items() if info.unavailable)
+
+
+def example_type(path: Path) -> str:
+    return yaml.safe_load(path.read_text())["spec"]["taskType"]
+
+
+def assert_valid_or_refused_as_unavailable(path: Path) -> None:
+    """Valid; or, for a type this version cannot run yet, refused for that reason alone (its
+    other fields are all valid), at its taskType line, naming the types that do run."""
+    result = validate_file(path, TASK_TYPES)
+    task_type = example_type(path)
+    if task_type not in UNAVAILABLE:
+        assert result.valid, "\n".join(i.format() for i in result.issues)
+        return
+    [issue] = result.issues
+    said = issue.format()
+    assert issue.field == "spec.taskType" and "cannot run in this MLOC version" in said
+    assert TASK_TYPES[task_type].unavailable in said
+    assert all(name in said for name in TASK_TYPES if name not in UNAVAILABLE)
+
+
 @pytest.mark.parametrize("path", EXAMPLES, ids=lambda p: p.name)
 def test_example_validates(path: Path) -> None:
-    result = validate_file(path, TASK_TYPES)
-    assert result.valid, "\n".join(i.format() for i in result.issues)
+    assert_valid_or_refused_as_unavailable(path)
 
 
-def test_mloc_validate_configs_folder_exits_0() -> None:
-    """Through the installed console script, as a user runs it."""
+def test_only_the_inference_types_cannot_run_yet() -> None:
+    """Every training type runs; rag_inference and agent are refused until their pipeline lands."""
+    assert UNAVAILABLE == ["agent", "rag_inference"]
+
+
+def test_mloc_validate_configs_folder() -> None:
+    """Through the installed console script, as a user runs it: every file passes but the
+    examples of the types this version cannot run yet, and those fail for that reason."""
     mloc = Path(sys.executable).parent / "mloc"  # the installed console script, PATH or not
     proc = subprocess.run([str(mloc), "validate", str(CONFIGS)], capture_output=True, text=True, cwd=ROOT)
-    assert proc.returncode == 0, proc.stdout + proc.stderr
+    refused = [p for p in EXAMPLES if example_type(p) in UNAVAILABLE]
+    assert proc.returncode == (1 if refused else 0), proc.stdout + proc.stderr
     # the examples, and the quickstarts of each type under configs/quickstart/
-    assert proc.stdout.count("ok    ") == len(EXAMPLES) + len(list(CONFIGS.glob("quickstart/*.y*ml")))
+    checked = len(EXAMPLES) + len(list(CONFIGS.glob("quickstart/*.y*ml")))
+    assert proc.stdout.count("ok    ") == checked - len(refused), proc.stdout
+    assert proc.stdout.count("cannot run in this MLOC version") == len(refused), proc.stdout
 
 
 def test_validate_does_not_import_torch_or_prefect() -> None:
@@ -60,16 +90,15 @@ def test_validate_does_not_import_torch_or_prefect() -> None:
 # --- the standard suite, run over every registered task type ------------------------------------
 
 
-@pytest.mark.parametrize("module", MODULES, ids=lambda m: m.TASK_TYPE.name)
+@pytest.mark.parametrize("module", BUILTIN, ids=lambda m: m.TASK_TYPE.name)
 def test_task_type_is_complete(module) -> None:
     info = module.TASK_TYPE
     assert module.__doc__ and module.__doc__.startswith(f"{info.name}:"), "module docstring names the type"
     assert info.summary
     example = CONFIGS / info.example
     assert example.exists(), f"{info.name} has no example task.yaml"
-    result = validate_file(example, TASK_TYPES)
-    assert result.valid and result.task is not None
-    assert result.task.spec.task_type == info.name and result.task.kind == info.kind
+    assert example_type(example) == info.name and yaml.safe_load(example.read_text())["kind"] == info.kind
+    assert_valid_or_refused_as_unavailable(example)
     trains = hasattr(module, "trainer_config_class")
     assert trains == (info.kind == "TrainingTask")
     if trains:
@@ -109,6 +138,8 @@ def test_schema_accepts_the_examples_and_rejects_what_the_validator_rejects() ->
     jsonschema.Draft202012Validator.check_schema(schema)
     validator = jsonschema.Draft202012Validator(schema)
     for path in EXAMPLES:
+        if example_type(path) in UNAVAILABLE:
+            continue  # refused by the validator until its type runs
         task = validate_file(path, TASK_TYPES).task
         assert task is not None
         document = task.model_dump(mode="json", by_alias=True, exclude_unset=True)

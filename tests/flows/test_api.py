@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import re
 import secrets
 import subprocess
 import uuid
@@ -19,6 +20,7 @@ from urllib.request import url2pathname
 
 import httpx
 import pytest
+import yaml
 
 from configs import validate_text
 from tasks.registry import TASK_TYPES
@@ -285,6 +287,20 @@ def test_a_valid_task_is_deployed_and_gets_one_scheduled_run(api: Api, tmp_path:
     assert got["outputs"] is None
 
 
+@pytest.mark.parametrize("task_type", ["sft", "rm", "dpo", "grpo", "ppo"])
+def test_every_training_type_is_accepted(api: Api, task_type: str) -> None:
+    """The brief's example of each training type, as it ships, renamed: deployed to the pool of its GPU type."""
+    example = (CONFIGS / TASK_TYPES[task_type].example).read_text()
+    name = unique_name()
+    text = re.sub(r"(?m)^  name: .*$", f"  name: {name}", example, count=1)
+    response = post(f"{api.url}/api/v1/tasks", content=text, headers=api.auth(**YAML))
+    assert response.status_code == 201, response.text
+    gpu_type = yaml.safe_load(example)["spec"]["resources"]["hardware"]["gpu"]["type"]
+    assert response.json()["work_pool"] == ("any-gpu" if gpu_type == "any" else gpu_type)
+    run = api.prefect_call("GET", f"/flow_runs/{response.json()['id']}")
+    assert f"task-type:{task_type}" in run["tags"] and run["state"]["type"] == "SCHEDULED"
+
+
 def test_by_default_a_task_goes_to_the_pool_of_its_gpu_type(api: Api, tmp_path: Path) -> None:
     name = unique_name()
     response = post(
@@ -399,14 +415,18 @@ def test_a_task_no_pool_or_version_can_run_is_refused_and_nothing_is_registered(
         .replace("name: sft-mistral-7b-on-dolly", f"name: {name}")
         .replace("count: 4", "count: 16")  # valid (at most 16), but an A100 node has 8
     )
-    not_yet = (CONFIGS / "rm_qwen_helpfulness.yaml").read_text().replace("name: rm-qwen-helpfulness", f"name: {name}")
+    not_yet = (CONFIGS / "rag_inference_service.yaml").read_text().replace("name: rag-support-answers", f"name: {name}")
     before = api.counts()
     response = post(f"{api.url}/api/v1/tasks", content=too_big, headers=api.auth(**YAML))
     assert response.status_code == 422, response.text
     assert "asks for 16 GPUs" in response.json()["detail"] and "gpu.count" in response.json()["detail"]
     response = post(f"{api.url}/api/v1/tasks", content=not_yet, headers=api.auth(**YAML))
     assert response.status_code == 422, response.text
-    assert response.json()["detail"] == "taskType 'rm' cannot be run by this MLOC version yet"
+    body = response.json()
+    assert body["detail"] == "the task.yaml is not valid: 1 error(s)", body
+    [issue] = body["errors"]
+    said = issue["message"] + " — " + issue["hint"]
+    assert issue["field"] == "spec.taskType" and "'rag_inference' cannot run in this MLOC version" in said
     assert api.counts() == before
 
 

@@ -17,6 +17,7 @@ from typing import Any
 
 import httpx
 import pytest
+import yaml
 
 from tests.flows import prefect_server
 from tests.quickstart_task import QUICKSTART_TAGS
@@ -161,6 +162,65 @@ def test_deploy_then_prefect_runs_it_on_a_worker(server: dict[str, str], tmp_pat
     assert latest["manifest"] == f"{version_dir.as_uri()}/mloc-manifest.json"
 
 
+def absolute_quickstart(task_type: str, folder: Path) -> Path:
+    """configs/quickstart/<type>.yaml with its local paths made absolute, uploading under ``folder``."""
+    source = CONFIGS / "quickstart" / f"{task_type}.yaml"
+    data = yaml.safe_load(source.read_text())
+    spec = data["spec"]
+    for section in ("model", "dataset", "reward_model"):
+        if section in spec and spec[section]["source"]["type"] == "local":
+            spec[section]["source"]["path"] = str((source.parent / spec[section]["source"]["path"]).resolve())
+    spec["output"]["destination"] = {"type": "local", "path": str(folder / task_type)}
+    path = folder / f"{task_type}.yaml"
+    path.write_text(yaml.safe_dump(data, sort_keys=False))
+    return path
+
+
+def test_every_training_type_deploys_and_dpo_runs_from_prefect_deployment_run(
+    server: dict[str, str], tmp_path: Path
+) -> None:
+    """`mloc deploy` takes the quickstart of every training type; the dpo one then runs as a
+    user runs it, with Prefect's own `prefect deployment run`, on `mloc worker`."""
+    env = server
+    assert cli(env, "mloc", "pools", "apply").returncode == 0
+    types = ["rm", "dpo", "grpo", "ppo"]
+    files = [absolute_quickstart(t, tmp_path) for t in types]
+    deployed = cli(env, "mloc", "deploy", "--local", *map(str, files))
+    assert deployed.returncode == 0, deployed.stdout + deployed.stderr
+    for task_type in types:
+        assert f"mloc/quickstart-tiny-{task_type} -> work pool local (queue cpu)" in deployed.stdout
+        deployment = api(env, "GET", f"/deployments/name/mloc/quickstart-tiny-{task_type}")
+        assert f"task-type:{task_type}" in deployment["tags"]
+
+    worker = subprocess.Popen(
+        [str(BIN / "mloc"), "worker"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=tmp_path,
+    )
+    try:
+        started = cli(env, "prefect", "deployment", "run", "mloc/quickstart-tiny-dpo")
+        assert started.returncode == 0, started.stdout + started.stderr
+        deployment = api(env, "GET", "/deployments/name/mloc/quickstart-tiny-dpo")
+        [run] = api(env, "POST", "/flow_runs/filter", {"deployments": {"id": {"any_": [deployment["id"]]}}})
+        deadline = time.monotonic() + 600
+        while time.monotonic() < deadline:
+            run = api(env, "GET", f"/flow_runs/{run['id']}")
+            if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
+                break
+            time.sleep(3)
+        assert run["state"]["type"] == "COMPLETED", run["state"]
+    finally:
+        os.killpg(worker.pid, 15)
+        worker.wait(timeout=30)
+    manifest = json.loads((tmp_path / "dpo" / "mloc-manifest.json").read_text())
+    assert manifest["flow_run_id"] == run["id"] and manifest["training"]["trainer"] == "DPOTrainer"
+    assert manifest["metrics"]["reward_accuracy"] > manifest["metrics"]["reward_accuracy_before"]
+    assert (tmp_path / "dpo" / "adapter" / "adapter_model.safetensors").is_file()
+
+
 def test_a_task_that_cannot_run_is_refused_and_nothing_is_registered(server: dict[str, str], tmp_path: Path) -> None:
     env = server
     text = (CONFIGS / "sft_mistral_7b.yaml").read_text()
@@ -170,8 +230,8 @@ def test_a_task_that_cannot_run_is_refused_and_nothing_is_registered(server: dic
     )
     fine = tmp_path / "fine.yaml"
     fine.write_text(text.replace("name: sft-mistral-7b-on-dolly", "name: fine-but-not-alone"))
-    # valid, but of a taskType this version validates and cannot run yet
-    not_yet = CONFIGS / "grpo_qwen_math.yaml"
+    # of a taskType this version cannot run yet: refused by validation, with the reason
+    not_yet = CONFIGS / "rag_inference_service.yaml"
     refused = cli(env, "mloc", "deploy", str(fine), str(too_many), str(not_yet))
     assert refused.returncode == 1
     assert (
@@ -179,6 +239,6 @@ def test_a_task_that_cannot_run_is_refused_and_nothing_is_registered(server: dic
         and "asks for 16 GPUs per replica but a nvidia-a100-80gb node offers at most 8" in refused.stderr
         and "nothing was deployed" in refused.stderr
     )
-    assert f"{not_yet}: taskType 'grpo' cannot be run by this MLOC version yet" in refused.stderr
+    assert "spec.taskType: 'rag_inference' cannot run in this MLOC version" in refused.stderr
     names = [d["name"] for d in api(env, "POST", "/deployments/filter", {})]
-    assert not {"fine-but-not-alone", "too-many-gpus", "grpo-qwen-math"} & set(names)
+    assert not {"fine-but-not-alone", "too-many-gpus", "rag-support-answers"} & set(names)
