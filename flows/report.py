@@ -12,7 +12,15 @@ from configs import TrainingTask
 from tasks.gates import failed_gates
 from tasks.registry import TASK_TYPES
 
-MLOC_VERSION = "0.1.0"
+
+def mloc_version() -> str:
+    """The installed MLOC's version, from its package metadata (as `mloc --version` prints it)."""
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        return version("mloc")
+    except PackageNotFoundError:  # run from a source tree that was never installed
+        return "unknown"
 
 
 def eval_results(
@@ -138,7 +146,7 @@ def manifest(
         return {k: got[k] for k in ("source_type", "identifier", "revision", "content_hash")}
 
     return {
-        "mloc_version": MLOC_VERSION,
+        "mloc_version": mloc_version(),
         "task": {
             "name": task.metadata.name,
             "owner": task.metadata.owner,
