@@ -84,12 +84,19 @@ def load_causal_lm(path: str, adapter: LoraAdapter | None = None, adapter_dir: s
     """The base model (quantised for QLoRA), with a trained adapter applied when given."""
     from transformers import AutoModelForCausalLM
 
-    kwargs: dict[str, Any] = {}
+    return load_model(AutoModelForCausalLM, path, adapter, adapter_dir)
+
+
+def load_model(
+    model_class: Any, path: str, adapter: LoraAdapter | None = None, adapter_dir: str | None = None, **kwargs: Any
+) -> Any:
+    """``model_class.from_pretrained(path, **kwargs)`` (quantised for QLoRA), with a trained adapter
+    applied when given, on the GPU when there is one, in eval mode."""
     quant = quantization_config(adapter)
     if quant is not None:
         kwargs["quantization_config"] = quant
         kwargs["device_map"] = "auto"
-    model: Any = AutoModelForCausalLM.from_pretrained(path, **kwargs)
+    model: Any = model_class.from_pretrained(path, **kwargs)
     if adapter_dir is not None:
         from peft import PeftModel
 

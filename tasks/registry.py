@@ -32,7 +32,7 @@ def _plugins() -> list[ModuleType]:
     from importlib.metadata import entry_points
 
     builtin = {m.TASK_TYPE.name for m in BUILTIN}
-    found = []
+    found: list[ModuleType] = []
     for point in entry_points(group=ENTRY_POINTS):
         module = point.load()
         name = getattr(getattr(module, "TASK_TYPE", None), "name", None)
