@@ -77,7 +77,7 @@ def hardware(task: TrainingTask) -> list[str]:
     """What the task asks of this worker's hardware, checked before anything is downloaded (a
     7B model is 14 GB): raises PreflightError listing every problem; returns notes."""
     from tasks.evaluate import BackendError, choose_backend
-    from tasks.modeling import HardwareError, cuda_device_count, quantization_config
+    from tasks.modeling import HardwareError, cuda_available, cuda_device_count, quantization_config
 
     problems: list[str] = []
     gpu = task.spec.resources.hardware.gpu
@@ -93,6 +93,11 @@ def hardware(task: TrainingTask) -> list[str]:
         quantization_config(task.spec.model.adapter)
     except HardwareError as exc:
         problems.append(str(exc))
+    if task.spec.hyperparameters.get("use_vllm") and not cuda_available():
+        problems.append(
+            "hyperparameters.use_vllm generates the completions with vLLM, which needs a CUDA GPU, and this worker "
+            "has none — run on a GPU pool, or set use_vllm: false"
+        )
     if task.spec.evaluation.enabled:
         try:
             choose_backend(task.spec.evaluation.backend)

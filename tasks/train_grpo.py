@@ -1,22 +1,28 @@
 """grpo: group relative policy optimisation with TRL's GRPOTrainer.
 
-Completions are sampled for each `prompt` and scored by `spec.reward_model` and/or
-`spec.reward_functions`. `spec.hyperparameters` are fields of `trl.GRPOConfig`.
+Completions are sampled for each `prompt` and scored by `spec.reward_functions` and/or
+`spec.reward_model` (tasks/rewards.py); a completion's advantage is its reward against the
+others of its group. The dataset's other columns reach the reward functions (`solution` for
+the accuracy rewards). `spec.hyperparameters` are fields of `trl.GRPOConfig`. Evaluation is
+the mean reward of greedy completions of the held-out prompts (tasks/evaluate_rewards.py).
 """
 
 from __future__ import annotations
 
-from configs import TaskTypeInfo
+from configs import TaskTypeInfo, TrainingTask
+from tasks import evaluate_rewards, rewards
+from tasks.jobs import TrainJob
+from tasks.train import run_trainer
 from tasks.trainer_fields import fields_file
 
 TASK_TYPE = TaskTypeInfo(
     name="grpo",
     kind="TrainingTask",
-    summary="Group relative policy optimisation with TRL's GRPOTrainer, scored by a reward model or TRL's reward functions.",
+    summary="Group relative policy optimisation with TRL's GRPOTrainer, scored by a reward model and/or reward functions (TRL's and MLOC's).",
     fields_file=fields_file("grpo"),
     requires_one_of=("reward_model", "reward_functions"),
     example="grpo_qwen_math.yaml",
-    metrics=(("mean_reward", "higher"), ("mean_reward_gain", "higher")),
+    metrics=evaluate_rewards.METRICS,
 )
 
 
@@ -25,3 +31,17 @@ def trainer_config_class() -> type:
     from trl import GRPOConfig
 
     return GRPOConfig
+
+
+# the hooks both online-RL types share
+required_columns = rewards.required_columns
+evaluate = evaluate_rewards.evaluate
+metrics = evaluate_rewards.metrics
+
+
+def train(task: TrainingTask, job: TrainJob) -> None:
+    """Child side: GRPO with TRL's GRPOTrainer. A KL penalty (beta > 0; TRL's default is 0) pulls towards
+    the reference: with an adapter, the base model (adapter off)."""
+    from trl import GRPOConfig, GRPOTrainer
+
+    run_trainer(task, job, GRPOTrainer, GRPOConfig, rows="prompts", **rewards.trainer_rewards(task, job, GRPOConfig))

@@ -5,12 +5,17 @@ for the same setup, `trl.RLOOTrainer` (REINFORCE leave-one-out): a policy, a fro
 reference and a reward model scoring sampled completions, with a KL penalty. It needs
 no value model, so it uses less memory than PPO did. `spec.hyperparameters` are
 fields of `trl.RLOOConfig` (`num_generations` completions per prompt, `beta` for
-the KL penalty, ...).
+the KL penalty, ...). `spec.reward_functions`, if given, add to the reward model's
+score (tasks/rewards.py). Evaluation is the mean reward of greedy completions of the
+held-out prompts (tasks/evaluate_rewards.py).
 """
 
 from __future__ import annotations
 
-from configs import TaskTypeInfo
+from configs import TaskTypeInfo, TrainingTask
+from tasks import evaluate_rewards, rewards
+from tasks.jobs import TrainJob
+from tasks.train import run_trainer
 from tasks.trainer_fields import fields_file
 
 TASK_TYPE = TaskTypeInfo(
@@ -20,7 +25,7 @@ TASK_TYPE = TaskTypeInfo(
     fields_file=fields_file("ppo"),
     requires_one_of=("reward_model",),
     example="ppo_zephyr_7b.yaml",
-    metrics=(("mean_reward", "higher"), ("mean_reward_gain", "higher")),
+    metrics=evaluate_rewards.METRICS,
 )
 
 
@@ -29,3 +34,24 @@ def trainer_config_class() -> type:
     from trl import RLOOConfig
 
     return RLOOConfig
+
+
+# the hooks both online-RL types share
+required_columns = rewards.required_columns
+evaluate = evaluate_rewards.evaluate
+metrics = evaluate_rewards.metrics
+
+
+def train(task: TrainingTask, job: TrainJob) -> None:
+    """Child side: RLOO with TRL's RLOOTrainer against the reward model; with an adapter, the base
+    model (adapter off) is the KL penalty's reference."""
+    from trl import RLOOConfig, RLOOTrainer
+
+    scorers = " + ".join(["the reward model", *task.spec.reward_functions])
+    print(
+        "ppo runs TRL's RLOOTrainer (TRL has no PPOTrainer): REINFORCE leave-one-out over "
+        f"{rewards.setting(task, RLOOConfig, 'num_generations')} completions per prompt, scored by {scorers}, "
+        f"with a KL penalty of beta {rewards.setting(task, RLOOConfig, 'beta'):g} against the reference",
+        flush=True,
+    )
+    run_trainer(task, job, RLOOTrainer, RLOOConfig, rows="prompts", **rewards.trainer_rewards(task, job, RLOOConfig))

@@ -190,10 +190,14 @@ def _rm(m: dict[str, float]) -> None:
 
 
 def _grpo(m: dict[str, float]) -> None:
-    assert m["mean_reward"] > m["mean_reward_before"], m
+    # the base model's greedy answers are never short answers ending in time; after 40 steps they
+    # all were, on seeds 1, 2, 3, 7 and 42 (exact_match stayed 0: the tiny model learns the format only)
+    assert m["mean_reward_before"] == 0.0 and m["mean_reward_gain"] >= 0.5, m
 
 
 def _ppo(m: dict[str, float]) -> None:
+    # not lower, as the issue asks: the base model samples the same few tokens for every prompt, so
+    # most leave-one-out advantages are 0 and the greedy answers seldom change (equal on 5 seeds)
     assert m["mean_reward"] >= m["mean_reward_before"], m
 
 

@@ -83,6 +83,28 @@ def test_gpus_the_worker_lacks_and_vllm_without_cuda_are_refused(tmp_path: Path)
     assert hardware(task(tmp_path)) == ["hardware: 0 CUDA GPU(s) for 0 asked"]
 
 
+def test_online_rl_generating_with_vllm_without_cuda_is_refused_before_the_download() -> None:
+    """grpo's use_vllm: refused in preflight-hardware, not after the before-evaluation, at training."""
+    import torch
+    import yaml
+
+    from configs import validate_text
+    from tasks.registry import TASK_TYPES
+
+    if torch.cuda.is_available():
+        pytest.skip("this worker has a CUDA GPU; the refusal is for CPU workers")
+    data = yaml.safe_load((CONFIGS / "quickstart" / "grpo.yaml").read_text())
+    data["spec"]["hyperparameters"]["use_vllm"] = True
+    grpo = validate_text(yaml.safe_dump(data), "grpo.yaml", TASK_TYPES).task
+    assert isinstance(grpo, TrainingTask)
+    with pytest.raises(PreflightError) as info:
+        hardware(grpo)
+    assert info.value.problems == [
+        "hyperparameters.use_vllm generates the completions with vLLM, which needs a CUDA GPU, and this worker "
+        "has none — run on a GPU pool, or set use_vllm: false"
+    ]
+
+
 def test_module_names_come_from_the_safetensors_header() -> None:
     names = weight_names(MODEL)
     assert names and any(n.endswith("self_attn.q_proj.weight") for n in names)
