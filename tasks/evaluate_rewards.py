@@ -25,21 +25,20 @@ METRICS: tuple[tuple[str, Direction], ...] = (("mean_reward", "higher"), ("mean_
 _BATCH = 16  # prompts generated for at once
 
 
-def evaluate(task: TrainingTask, job: EvaluateJob) -> None:
+def evaluate(task: TrainingTask, job: EvaluateJob, config_class: type) -> None:
     """Child side: the mean reward of the model's greedy completions of the held-out prompts, in total
-    (weighted as in training) and per reward; writes the result, emits it and prints a summary."""
+    (weighted as in training) and per reward; writes the result, emits it and prints a summary.
+    ``config_class`` is the type's trainer config, whose defaults fill what the task leaves out."""
     from trl.data_utils import is_conversational
 
     from tasks.data import examples
     from tasks.modeling import load_causal_lm, load_tokenizer
-    from tasks.registry import trainer_for
     from tasks.rewards import as_messages, as_texts, max_completion_length, reward_weights, score, task_rewards
     from tasks.runner import emit
 
     _, held_out = examples(task, job.dataset_path, job.dataset_source_type)
     if held_out is None or len(held_out) == 0:
         raise ValueError("no held-out prompts to evaluate on — enable evaluation or lower max_samples")
-    config_class = trainer_for(task.spec.task_type).trainer_config_class()
     limit = max_completion_length(task, config_class)
     chat_kwargs = task.spec.hyperparameters.get("chat_template_kwargs") or {}
     rewards = task_rewards(task, job.reward_model_path, config_class)

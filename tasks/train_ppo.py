@@ -14,7 +14,7 @@ from __future__ import annotations
 
 from configs import TaskTypeInfo, TrainingTask
 from tasks import evaluate_rewards, rewards
-from tasks.jobs import TrainJob
+from tasks.jobs import EvaluateJob, TrainJob
 from tasks.train import run_trainer
 from tasks.trainer_fields import fields_file
 
@@ -38,7 +38,6 @@ def trainer_config_class() -> type:
 
 # the hooks both online-RL types share
 required_columns = rewards.required_columns
-evaluate = evaluate_rewards.evaluate
 metrics = evaluate_rewards.metrics
 
 
@@ -55,3 +54,8 @@ def train(task: TrainingTask, job: TrainJob) -> None:
         flush=True,
     )
     run_trainer(task, job, RLOOTrainer, RLOOConfig, rows="prompts", **rewards.trainer_rewards(task, job, RLOOConfig))
+
+
+def evaluate(task: TrainingTask, job: EvaluateJob) -> None:
+    """Child side: the mean reward of greedy completions of the held-out prompts (tasks/evaluate_rewards.py)."""
+    evaluate_rewards.evaluate(task, job, trainer_config_class())
