@@ -1,11 +1,15 @@
 """Turning a fetched dataset into training and held-out examples.
 
 Train and evaluate run in separate processes; both call :func:`examples` so the
-held-out rows are the same ones, and never trained on.
+held-out rows are the same ones, and never trained on. How `spec.dataset.preprocessing`'s
+templates turn a row into what the trainer reads is the type's own ``format_rows`` hook:
+:func:`render` (sft: the whole text, or prompt/completion) or :func:`render_prompt` (the
+types whose rows hold a prompt beside their own columns: chosen/rejected, solution, ...).
 """
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -42,8 +46,7 @@ def load_rows(path: str, source_type: str, split: str = "train", subset: str | N
     return load_dataset(kinds.pop(), data_files=[str(p) for p in files], split="train")
 
 
-def render(task: TrainingTask, rows: Dataset) -> Dataset:
-    """Rows -> TRL's formats: prompt/completion (loss on the completion) or text."""
+def _check_template_columns(task: TrainingTask, rows: Dataset) -> None:
     prep = task.spec.dataset.preprocessing
     needed = [n for t in (prep.prompt_template, prep.completion_template) if t for n in template_fields(t)]
     missing = [n for n in dict.fromkeys(needed) if n not in rows.column_names]
@@ -52,6 +55,12 @@ def render(task: TrainingTask, rows: Dataset) -> Dataset:
             f"the dataset has no column(s) {', '.join(missing)} used in the templates — "
             f"its columns are: {', '.join(rows.column_names)}"
         )
+
+
+def render(task: TrainingTask, rows: Dataset) -> Dataset:
+    """sft's rows -> TRL's formats: prompt/completion (loss on the completion) or text."""
+    _check_template_columns(task, rows)
+    prep = task.spec.dataset.preprocessing
     if prep.prompt_template is None:
         return rows  # already in a format TRL reads ("text", "messages", "prompt"/"completion", ...)
     prompt, completion = prep.prompt_template, prep.completion_template
@@ -64,8 +73,35 @@ def render(task: TrainingTask, rows: Dataset) -> Dataset:
     return rows.map(fmt, remove_columns=rows.column_names)
 
 
-def examples(task: TrainingTask, path: str, source_type: str) -> tuple[Dataset, Dataset | None]:
-    """(training examples, held-out examples or None when evaluation is off)."""
+def render_prompt(task: TrainingTask, rows: Dataset) -> Dataset:
+    """Rows whose prompt is rendered by `prompt_template` (when given) into a `prompt` column,
+    every other column kept as it is: the completions (chosen/rejected, completion/label) and
+    what reward functions read (solution). A `completion_template` has nothing to render here."""
+    prep = task.spec.dataset.preprocessing
+    if prep.completion_template is not None:
+        raise DataError(
+            f"spec.dataset.preprocessing.completion_template renders sft's training target; taskType "
+            f"'{task.spec.task_type}' reads its completions from the dataset's own columns — remove it"
+        )
+    _check_template_columns(task, rows)
+    if prep.prompt_template is None:
+        return rows
+    prompt = prep.prompt_template
+    return rows.map(lambda row: {"prompt": prompt.format(**row)})
+
+
+def prompt_columns(task: TrainingTask) -> list[str]:
+    """The columns :func:`render_prompt` reads the prompt from: the template's, else `prompt` itself."""
+    template = task.spec.dataset.preprocessing.prompt_template
+    return list(dict.fromkeys(template_fields(template))) if template else ["prompt"]
+
+
+Formatter = Callable[["TrainingTask", "Dataset"], "Dataset"]
+
+
+def examples(task: TrainingTask, path: str, source_type: str, format_rows: Formatter) -> tuple[Dataset, Dataset | None]:
+    """(training examples, held-out examples or None when evaluation is off), each row formatted by
+    the type's ``format_rows`` hook."""
     source = task.spec.dataset.source
     split = getattr(source, "split", "train")
     subset = getattr(source, "subset", None)
@@ -74,7 +110,7 @@ def examples(task: TrainingTask, path: str, source_type: str) -> tuple[Dataset, 
         raise DataError(f"{path}: the dataset has no rows")
     evaluation = task.spec.evaluation
     if not evaluation.enabled:
-        return render(task, rows), None
+        return format_rows(task, rows), None
     if evaluation.split:
         held_out = load_rows(path, source_type, evaluation.split, subset)
     else:
@@ -83,4 +119,4 @@ def examples(task: TrainingTask, path: str, source_type: str) -> tuple[Dataset, 
         parts = rows.train_test_split(test_size=evaluation.held_out_fraction, seed=SPLIT_SEED, shuffle=True)
         rows, held_out = parts["train"], parts["test"]
     held_out = held_out.select(range(min(len(held_out), evaluation.max_samples)))
-    return render(task, rows), render(task, held_out)
+    return format_rows(task, rows), format_rows(task, held_out)

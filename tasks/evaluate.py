@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import math
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -138,11 +139,12 @@ def _vllm_run(task: TrainingTask, job: EvaluateJob, held_out: Any, prompts: list
     return total, count, [g.outputs[0].text for g in generated]
 
 
-def evaluate_in_child(task: TrainingTask, job: EvaluateJob) -> None:
-    """Child side: score the base model (label 'before') or the trained one ('after')."""
+def evaluate_in_child(task: TrainingTask, job: EvaluateJob, format_rows: Callable[[Any, Any], Any]) -> None:
+    """Child side: score the base model (label 'before') or the trained one ('after') on the
+    held-out rows, formatted by the type's ``format_rows`` hook."""
     from tasks.data import examples
 
-    _, held_out = examples(task, job.dataset_path, job.dataset_source_type)
+    _, held_out = examples(task, job.dataset_path, job.dataset_source_type, format_rows)
     if held_out is None or len(held_out) == 0:
         raise BackendError("no held-out examples to evaluate on — enable evaluation or lower max_samples")
     evaluation = task.spec.evaluation

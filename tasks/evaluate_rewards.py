@@ -31,12 +31,12 @@ def evaluate(task: TrainingTask, job: EvaluateJob, config_class: type) -> None:
     ``config_class`` is the type's trainer config, whose defaults fill what the task leaves out."""
     from trl.data_utils import is_conversational
 
-    from tasks.data import examples
+    from tasks.data import examples, render_prompt
     from tasks.modeling import load_causal_lm, load_tokenizer
     from tasks.rewards import as_messages, as_texts, max_completion_length, reward_weights, score, task_rewards
     from tasks.runner import emit
 
-    _, held_out = examples(task, job.dataset_path, job.dataset_source_type)
+    _, held_out = examples(task, job.dataset_path, job.dataset_source_type, render_prompt)
     if held_out is None or len(held_out) == 0:
         raise ValueError("no held-out prompts to evaluate on — enable evaluation or lower max_samples")
     limit = max_completion_length(task, config_class)

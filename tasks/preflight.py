@@ -127,6 +127,12 @@ def preflight(task: TrainingTask, inputs: dict[str, dict[str, Any]], base_dir: P
         notes.append(f"dataset: {len(rows)} rows, columns {', '.join(rows.column_names)}")
     except (DataError, ValueError, FileNotFoundError) as exc:
         problems.append(f"the dataset cannot be read: {exc}")
+    else:
+        if not problems:  # the first row through the type's formatting, as training will see it
+            try:
+                trainer_for(task.spec.task_type).format_rows(task, rows.select(range(min(1, len(rows)))))
+            except DataError as exc:
+                problems.append(str(exc))
     adapter = task.spec.model.adapter
     if adapter is not None and adapter.target_modules != "all-linear":
         names = weight_names(Path(inputs["model"]["path"]))

@@ -44,8 +44,10 @@ def function_names() -> tuple[str, ...]:
 
 
 def required_columns(task: TrainingTask) -> list[str]:
-    """`prompt`, and `solution` when a named function compares with it."""
-    return ["prompt"] + (["solution"] if READS_SOLUTION & set(task.spec.reward_functions) else [])
+    """`prompt` (or the prompt_template's columns), and `solution` when a named function compares with it."""
+    from tasks.data import prompt_columns
+
+    return prompt_columns(task) + (["solution"] if READS_SOLUTION & set(task.spec.reward_functions) else [])
 
 
 # --- MLOC's reward functions --------------------------------------------------------------------

@@ -7,6 +7,8 @@ one module implementing them plus one line in `tasks/registry.py`:
   metrics its evaluation produces, each with which way is better: what gates may check);
 - ``trainer_config_class()``: the TRL config class `spec.hyperparameters` maps onto;
 - ``required_columns(task)``: the dataset columns it needs, checked before any training;
+- ``format_rows(task, rows)``: how `spec.dataset.preprocessing` turns a row into what its
+  trainer reads (`tasks.data.render` for sft, `tasks.data.render_prompt` for prompt + own columns);
 - ``train(task, job)``: child side, builds its TRL trainer and trains (tasks/train.py runs it);
 - ``evaluate(task, job)``: child side, scores the base model (job.label "before") or the
   trained one ("after") and writes its result, whose numbers are named as in ``metrics``;
@@ -22,7 +24,7 @@ if TYPE_CHECKING:
     from configs import TaskTypeInfo, TrainingTask
     from tasks.jobs import EvaluateJob, TrainJob
 
-HOOKS = ("trainer_config_class", "required_columns", "train", "evaluate", "metrics")
+HOOKS = ("trainer_config_class", "required_columns", "format_rows", "train", "evaluate", "metrics")
 
 
 class TrainerType(Protocol):
@@ -31,6 +33,8 @@ class TrainerType(Protocol):
     def trainer_config_class(self) -> type: ...
 
     def required_columns(self, task: TrainingTask) -> list[str]: ...
+
+    def format_rows(self, task: TrainingTask, rows: Any) -> Any: ...
 
     def train(self, task: TrainingTask, job: TrainJob) -> None: ...
 

@@ -154,6 +154,7 @@ def run_trainer(
     config_class: type,
     rows: str,
     *,
+    format_rows: Callable[[Any, Any], Any],
     model_class: type | None = None,
     model_kwargs: dict[str, Any] | None = None,
     peft_task_type: str = "CAUSAL_LM",
@@ -163,7 +164,7 @@ def run_trainer(
     build ``trainer_class`` with ``config_class(**trainer_arguments)`` and the task's adapter,
     train (resuming from ``job.resume_from``) and save the result.
 
-    ``rows`` names what a row is in the log line. The model is a ``model_class`` (a causal LM
+    ``rows`` names what a row is in the log line; ``format_rows`` is the type's hook. The model is a ``model_class`` (a causal LM
     unless given, e.g. a sequence classifier for a reward model) loaded with ``model_kwargs``;
     the adapter's PEFT task type is ``peft_task_type``. ``extra`` goes to the trainer (e.g.
     ``ref_model`` for DPO, ``reward_funcs`` for online RL)."""
@@ -172,7 +173,7 @@ def run_trainer(
     from tasks.data import examples
     from tasks.modeling import load_tokenizer, lora_config, quantization_config
 
-    train_rows, _ = examples(task, job.dataset_path, job.dataset_source_type)
+    train_rows, _ = examples(task, job.dataset_path, job.dataset_source_type, format_rows)
     tokenizer = load_tokenizer(job.model_path)
     adapter = task.spec.model.adapter
     quant = quantization_config(adapter)

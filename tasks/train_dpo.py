@@ -13,6 +13,7 @@ from pathlib import Path
 from typing import Any
 
 from configs import TaskTypeInfo, TrainingTask
+from tasks.data import prompt_columns, render_prompt
 from tasks.jobs import EvaluateJob, TrainJob
 from tasks.train import run_trainer
 from tasks.trainer_fields import fields_file
@@ -41,8 +42,11 @@ def trainer_config_class() -> type:
 
 
 def required_columns(task: TrainingTask) -> list[str]:
-    """DPOTrainer's preference format: a prompt and the chosen and rejected completions."""
-    return ["prompt", "chosen", "rejected"]
+    """DPOTrainer's preference format: a prompt (or the template's columns) and the chosen and rejected completions."""
+    return [*prompt_columns(task), "chosen", "rejected"]
+
+
+format_rows = render_prompt  # prompt_template renders the prompt; chosen and rejected stay as they are
 
 
 def metrics(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, float]:
@@ -62,7 +66,7 @@ def train(task: TrainingTask, job: TrainJob) -> None:
     from trl import DPOConfig, DPOTrainer
 
     # ref_model None: with an adapter the base (adapter disabled) is the reference, else TRL copies the model
-    run_trainer(task, job, DPOTrainer, DPOConfig, rows="preference pairs", ref_model=None)
+    run_trainer(task, job, DPOTrainer, DPOConfig, rows="preference pairs", format_rows=format_rows, ref_model=None)
 
 
 def evaluate(task: TrainingTask, job: EvaluateJob) -> None:
@@ -76,7 +80,7 @@ def evaluate(task: TrainingTask, job: EvaluateJob) -> None:
     from tasks.modeling import load_causal_lm, load_tokenizer
     from tasks.runner import emit
 
-    _, held_out = examples(task, job.dataset_path, job.dataset_source_type)
+    _, held_out = examples(task, job.dataset_path, job.dataset_source_type, format_rows)
     if held_out is None or len(held_out) == 0:
         raise ValueError("no held-out pairs to evaluate on — enable evaluation or lower max_samples")
     beta = float(task.spec.hyperparameters.get("beta", _default_beta()))

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 from configs import TaskTypeInfo, TrainingTask
 from tasks import evaluate_rewards, rewards
+from tasks.data import render_prompt
 from tasks.jobs import EvaluateJob, TrainJob
 from tasks.train import run_trainer
 from tasks.trainer_fields import fields_file
@@ -35,6 +36,7 @@ def trainer_config_class() -> type:
 
 # the hooks both online-RL types share
 required_columns = rewards.required_columns
+format_rows = render_prompt  # prompt_template renders the prompt; solution and the other columns stay
 metrics = evaluate_rewards.metrics
 
 
@@ -43,7 +45,15 @@ def train(task: TrainingTask, job: TrainJob) -> None:
     the reference: with an adapter, the base model (adapter off)."""
     from trl import GRPOConfig, GRPOTrainer
 
-    run_trainer(task, job, GRPOTrainer, GRPOConfig, rows="prompts", **rewards.trainer_rewards(task, job, GRPOConfig))
+    run_trainer(
+        task,
+        job,
+        GRPOTrainer,
+        GRPOConfig,
+        rows="prompts",
+        format_rows=format_rows,
+        **rewards.trainer_rewards(task, job, GRPOConfig),
+    )
 
 
 def evaluate(task: TrainingTask, job: EvaluateJob) -> None:

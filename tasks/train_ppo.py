@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from configs import TaskTypeInfo, TrainingTask
 from tasks import evaluate_rewards, rewards
+from tasks.data import render_prompt
 from tasks.jobs import EvaluateJob, TrainJob
 from tasks.train import run_trainer
 from tasks.trainer_fields import fields_file
@@ -38,6 +39,7 @@ def trainer_config_class() -> type:
 
 # the hooks both online-RL types share
 required_columns = rewards.required_columns
+format_rows = render_prompt  # prompt_template renders the prompt; solution and the other columns stay
 metrics = evaluate_rewards.metrics
 
 
@@ -53,7 +55,15 @@ def train(task: TrainingTask, job: TrainJob) -> None:
         f"with a KL penalty of beta {rewards.setting(task, RLOOConfig, 'beta'):g} against the reference",
         flush=True,
     )
-    run_trainer(task, job, RLOOTrainer, RLOOConfig, rows="prompts", **rewards.trainer_rewards(task, job, RLOOConfig))
+    run_trainer(
+        task,
+        job,
+        RLOOTrainer,
+        RLOOConfig,
+        rows="prompts",
+        format_rows=format_rows,
+        **rewards.trainer_rewards(task, job, RLOOConfig),
+    )
 
 
 def evaluate(task: TrainingTask, job: EvaluateJob) -> None:

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 from configs import TaskTypeInfo, TrainingTask
+from tasks.data import prompt_columns, render_prompt
 from tasks.jobs import EvaluateJob, TrainJob
 from tasks.train import run_trainer
 from tasks.trainer_fields import fields_file
@@ -43,8 +44,13 @@ def trainer_config_class() -> type:
 
 
 def required_columns(task: TrainingTask) -> list[str]:
-    """RewardTrainer's preference format; a `prompt` column is optional (prefixed to both answers)."""
-    return ["chosen", "rejected"]
+    """RewardTrainer's preference format; a `prompt` column is optional (prefixed to both answers),
+    and a prompt_template's columns are needed when it renders one."""
+    template = task.spec.dataset.preprocessing.prompt_template
+    return [*(prompt_columns(task) if template else []), "chosen", "rejected"]
+
+
+format_rows = render_prompt  # prompt_template renders the prompt; chosen and rejected stay as they are
 
 
 def metrics(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, float]:
@@ -77,6 +83,7 @@ def train(task: TrainingTask, job: TrainJob) -> None:
         RewardTrainer,
         RewardConfig,
         rows="preference pairs",
+        format_rows=format_rows,
         model_class=AutoModelForSequenceClassification,
         model_kwargs={"num_labels": 1, "pad_token_id": tokenizer.pad_token_id},
         peft_task_type="SEQ_CLS",
@@ -93,7 +100,7 @@ def evaluate(task: TrainingTask, job: EvaluateJob) -> None:
     from tasks.data import examples
     from tasks.runner import emit
 
-    _, held_out = examples(task, job.dataset_path, job.dataset_source_type)
+    _, held_out = examples(task, job.dataset_path, job.dataset_source_type, format_rows)
     if held_out is None or len(held_out) == 0:
         raise ValueError(
             "no held-out pairs to evaluate on — raise spec.evaluation.held_out_fraction or name a non-empty split"

@@ -11,6 +11,7 @@ from typing import Any
 
 from configs import TaskTypeInfo, TrainingTask
 from configs.checks import template_fields
+from tasks.data import render
 from tasks.evaluate import evaluate_in_child, language_model_metrics
 from tasks.jobs import EvaluateJob, TrainJob
 from tasks.train import run_trainer
@@ -46,9 +47,12 @@ def required_columns(task: TrainingTask) -> list[str]:
     return list(dict.fromkeys(fields))
 
 
+format_rows = render  # prompt_template alone renders the whole text; with completion_template, the two
+
+
 def evaluate(task: TrainingTask, job: EvaluateJob) -> None:
     """Child side: held-out loss and perplexity of the completions, and a few generations."""
-    evaluate_in_child(task, job)
+    evaluate_in_child(task, job, format_rows)
 
 
 def metrics(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, float]:
@@ -59,4 +63,4 @@ def train(task: TrainingTask, job: TrainJob) -> None:
     """Child side: fine-tune with TRL's SFTTrainer and save the result."""
     from trl import SFTConfig, SFTTrainer
 
-    run_trainer(task, job, SFTTrainer, SFTConfig, rows="examples")
+    run_trainer(task, job, SFTTrainer, SFTConfig, rows="examples", format_rows=format_rows)

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -103,6 +104,64 @@ def test_online_rl_generating_with_vllm_without_cuda_is_refused_before_the_downl
         "hyperparameters.use_vllm generates the completions with vLLM, which needs a CUDA GPU, and this worker "
         "has none — run on a GPU pool, or set use_vllm: false"
     ]
+
+
+def preference_task(tmp_path: Path, task_type: str, **preprocessing: str) -> TrainingTask:
+    """The dpo or rm quickstart on a copy of its pairs whose prompt is a `question` column."""
+    import json
+
+    import yaml
+
+    from configs import validate_text
+    from tasks.registry import TASK_TYPES
+
+    rows = [json.loads(line) for line in (CONFIGS / "quickstart" / "preferences.jsonl").read_text().splitlines()]
+    with (tmp_path / "pairs.jsonl").open("w") as out:
+        for row in rows[:20]:
+            question = row["prompt"].removeprefix("Question: ").removesuffix("\nAnswer:")
+            out.write(json.dumps({"question": question, "chosen": row["chosen"], "rejected": row["rejected"]}) + "\n")
+    data = yaml.safe_load((CONFIGS / "quickstart" / f"{task_type}.yaml").read_text())
+    data["spec"]["dataset"]["source"]["path"] = str(tmp_path / "pairs.jsonl")
+    data["spec"]["dataset"]["preprocessing"].update(preprocessing)
+    data["spec"]["output"]["destination"] = {"type": "local", "path": str(tmp_path / "out")}
+    result = validate_text(yaml.safe_dump(data), f"{task_type}.yaml", TASK_TYPES)
+    assert isinstance(result.task, TrainingTask), [i.format() for i in result.issues]
+    return result.task
+
+
+@pytest.mark.parametrize("task_type", ["dpo", "rm"])
+def test_a_prompt_template_renders_the_prompt_of_preference_pairs(tmp_path: Path, task_type: str) -> None:
+    """The type's format_rows hook: the template fills `prompt`, chosen and rejected stay as they are."""
+    from tasks.data import examples
+    from tasks.registry import trainer_for
+
+    pairs = preference_task(tmp_path, task_type, prompt_template="Question: {question}\nAnswer:")
+    inputs = {"model": INPUTS["model"], "dataset": {"path": str(tmp_path / "pairs.jsonl"), "source_type": "local"}}
+    preflight(pairs, inputs, CONFIGS)
+    train_rows, _ = examples(pairs, str(tmp_path / "pairs.jsonl"), "local", trainer_for(task_type).format_rows)
+    assert {"prompt", "chosen", "rejected"} <= set(train_rows.column_names)
+    assert all(row["prompt"].startswith("Question: ") and row["prompt"].endswith("\nAnswer:") for row in train_rows)
+    lines = (CONFIGS / "quickstart" / "preferences.jsonl").read_text().splitlines()
+    shipped = {(json.loads(line)["prompt"], json.loads(line)["chosen"]) for line in lines}
+    assert {(row["prompt"], row["chosen"]) for row in train_rows} <= shipped  # the very pairs, prompt rebuilt
+    # without the template the pairs have no prompt column, and preflight says which one is missing
+    bare = preference_task(tmp_path, "dpo")
+    with pytest.raises(PreflightError) as info:
+        preflight(bare, inputs, CONFIGS)
+    assert (
+        "taskType 'dpo' needs the column(s) prompt, but the dataset's columns are: question, chosen, rejected"
+        in str(info.value)
+    )
+
+
+def test_a_completion_template_on_a_type_that_reads_its_own_completions_is_refused(tmp_path: Path) -> None:
+    pairs = preference_task(
+        tmp_path, "dpo", prompt_template="Question: {question}\nAnswer:", completion_template=" {chosen}"
+    )
+    inputs = {"model": INPUTS["model"], "dataset": {"path": str(tmp_path / "pairs.jsonl"), "source_type": "local"}}
+    with pytest.raises(PreflightError) as info:
+        preflight(pairs, inputs, CONFIGS)
+    assert "completion_template renders sft's training target; taskType 'dpo' reads its completions" in str(info.value)
 
 
 def test_module_names_come_from_the_safetensors_header() -> None:

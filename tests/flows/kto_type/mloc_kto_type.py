@@ -12,6 +12,7 @@ from pathlib import Path
 from typing import Any
 
 from configs import TaskTypeInfo, TrainingTask
+from tasks.data import render_prompt
 from tasks.evaluate import evaluate_in_child, language_model_metrics
 from tasks.jobs import EvaluateJob, TrainJob
 from tasks.train import run_trainer
@@ -36,15 +37,18 @@ def required_columns(task: TrainingTask) -> list[str]:
     return ["prompt", "completion", "label"]
 
 
+format_rows = render_prompt  # a prompt_template renders the prompt; completion and label stay
+
+
 def train(task: TrainingTask, job: TrainJob) -> None:
     from trl import KTOConfig, KTOTrainer
 
-    run_trainer(task, job, KTOTrainer, KTOConfig, rows="labelled completions", ref_model=None)
+    run_trainer(task, job, KTOTrainer, KTOConfig, rows="labelled completions", format_rows=format_rows, ref_model=None)
 
 
 def evaluate(task: TrainingTask, job: EvaluateJob) -> None:
     """Held-out loss of the completions, as sft measures it."""
-    evaluate_in_child(task, job)
+    evaluate_in_child(task, job, format_rows)
 
 
 def metrics(before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, float]:
