@@ -227,6 +227,16 @@ def trainer_rewards(task: TrainingTask, job: TrainJob, config_class: type) -> di
     return {"reward_funcs": [r.function if r.function is not None else RewardModelScore(r) for r in rewards]}
 
 
+def run_online_rl(task: TrainingTask, job: TrainJob, trainer_class: type, config_class: type) -> None:
+    """Child side, for grpo and ppo: `tasks.train.run_trainer` on the prompts (rendered by
+    `tasks.data.render_prompt`, their format_rows hook), scored by the task's rewards."""
+    from tasks.data import render_prompt
+    from tasks.train import run_trainer
+
+    extra = trainer_rewards(task, job, config_class)
+    run_trainer(task, job, trainer_class, config_class, rows="prompts", format_rows=render_prompt, **extra)
+
+
 def score(
     rewards: list[Reward],
     prompts: list[Completion],

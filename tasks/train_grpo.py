@@ -13,7 +13,6 @@ from configs import TaskTypeInfo, TrainingTask
 from tasks import evaluate_rewards, rewards
 from tasks.data import render_prompt
 from tasks.jobs import EvaluateJob, TrainJob
-from tasks.train import run_trainer
 from tasks.trainer_fields import fields_file
 
 TASK_TYPE = TaskTypeInfo(
@@ -45,15 +44,7 @@ def train(task: TrainingTask, job: TrainJob) -> None:
     the reference: with an adapter, the base model (adapter off)."""
     from trl import GRPOConfig, GRPOTrainer
 
-    run_trainer(
-        task,
-        job,
-        GRPOTrainer,
-        GRPOConfig,
-        rows="prompts",
-        format_rows=format_rows,
-        **rewards.trainer_rewards(task, job, GRPOConfig),
-    )
+    rewards.run_online_rl(task, job, GRPOTrainer, GRPOConfig)
 
 
 def evaluate(task: TrainingTask, job: EvaluateJob) -> None:

@@ -16,7 +16,6 @@ from configs import TaskTypeInfo, TrainingTask
 from tasks import evaluate_rewards, rewards
 from tasks.data import render_prompt
 from tasks.jobs import EvaluateJob, TrainJob
-from tasks.train import run_trainer
 from tasks.trainer_fields import fields_file
 
 TASK_TYPE = TaskTypeInfo(
@@ -55,15 +54,7 @@ def train(task: TrainingTask, job: TrainJob) -> None:
         f"with a KL penalty of beta {rewards.setting(task, RLOOConfig, 'beta'):g} against the reference",
         flush=True,
     )
-    run_trainer(
-        task,
-        job,
-        RLOOTrainer,
-        RLOOConfig,
-        rows="prompts",
-        format_rows=format_rows,
-        **rewards.trainer_rewards(task, job, RLOOConfig),
-    )
+    rewards.run_online_rl(task, job, RLOOTrainer, RLOOConfig)
 
 
 def evaluate(task: TrainingTask, job: EvaluateJob) -> None:

@@ -72,3 +72,26 @@ def running(env: dict[str, str], port: int, log: Path) -> Iterator[subprocess.Po
         yield proc
     finally:
         stop(proc)
+
+
+def start_worker(env: dict[str, str], cwd: Path) -> subprocess.Popen[bytes]:
+    """`mloc worker`, as the README starts it, in a process group of its own (:func:`stop` ends it
+    and the flow runs it spawned)."""
+    return subprocess.Popen(
+        [str(BIN / "mloc"), "worker"],
+        env=env,
+        stdout=subprocess.DEVNULL,
+        stderr=subprocess.DEVNULL,
+        start_new_session=True,
+        cwd=cwd,
+    )
+
+
+@contextlib.contextmanager
+def worker(env: dict[str, str], cwd: Path) -> Iterator[subprocess.Popen[bytes]]:
+    """:func:`start_worker`, and :func:`stop` on the way out."""
+    proc = start_worker(env, cwd)
+    try:
+        yield proc
+    finally:
+        stop(proc)

@@ -7,7 +7,6 @@ local process pool, `mloc deploy` and `prefect deployment run`.
 from __future__ import annotations
 
 import json
-import os
 import subprocess
 import sys
 import time
@@ -65,6 +64,16 @@ def api(env: dict[str, str], method: str, path: str, body: Any = None) -> Any:
     response = httpx.request(method, env["PREFECT_API_URL"] + path, json=body, timeout=30)
     response.raise_for_status()
     return response.json()
+
+
+def finished(env: dict[str, str], run_id: str, timeout_s: float = 600) -> Any:
+    """The flow run once it is in a final state (or as it is after ``timeout_s``)."""
+    deadline = time.monotonic() + timeout_s
+    while True:
+        run = api(env, "GET", f"/flow_runs/{run_id}")
+        if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED") or time.monotonic() > deadline:
+            return run
+        time.sleep(3)
 
 
 def scheduled_runs(env: dict[str, str], deployment_id: str) -> list[str]:
@@ -128,31 +137,14 @@ def test_deploy_then_prefect_runs_it_on_a_worker(server: dict[str, str], tmp_pat
     assert scheduled_runs(env, deployment["id"]) == before
 
     # `mloc worker`, as the README says, with no `prefect` on PATH: it must use its own interpreter's
-    worker = subprocess.Popen(
-        [str(BIN / "mloc"), "worker"],
-        env=env | {"PATH": "/usr/bin:/bin"},
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        cwd=tmp_path,
-    )
-    try:
+    with prefect_server.worker(env | {"PATH": "/usr/bin:/bin"}, tmp_path):
         started = cli(env, "prefect", "deployment", "run", "mloc/quickstart-tiny-sft")
         assert started.returncode == 0, started.stdout + started.stderr
         every = api(env, "POST", "/flow_runs/filter", {"deployments": {"id": {"any_": [deployment["id"]]}}})
         runs = [r for r in every if not r["auto_scheduled"]]
         assert len(runs) == 1
-        run_id = runs[0]["id"]
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            run = api(env, "GET", f"/flow_runs/{run_id}")
-            if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-                break
-            time.sleep(3)
+        run = finished(env, runs[0]["id"])
         assert run["state"]["type"] == "COMPLETED", run["state"]
-    finally:
-        os.killpg(worker.pid, 15)
-        worker.wait(timeout=30)
     assert run["name"] == "quickstart-tiny-sft"
     assert set(run["tags"]) >= QUICKSTART_TAGS
     # a scheduled task writes a new version per run, and moves latest only after the upload
@@ -192,29 +184,13 @@ def test_every_training_type_deploys_and_dpo_runs_from_prefect_deployment_run(
         deployment = api(env, "GET", f"/deployments/name/mloc/quickstart-tiny-{task_type}")
         assert f"task-type:{task_type}" in deployment["tags"]
 
-    worker = subprocess.Popen(
-        [str(BIN / "mloc"), "worker"],
-        env=env,
-        stdout=subprocess.DEVNULL,
-        stderr=subprocess.DEVNULL,
-        start_new_session=True,
-        cwd=tmp_path,
-    )
-    try:
+    with prefect_server.worker(env, tmp_path):
         started = cli(env, "prefect", "deployment", "run", "mloc/quickstart-tiny-dpo")
         assert started.returncode == 0, started.stdout + started.stderr
         deployment = api(env, "GET", "/deployments/name/mloc/quickstart-tiny-dpo")
         [run] = api(env, "POST", "/flow_runs/filter", {"deployments": {"id": {"any_": [deployment["id"]]}}})
-        deadline = time.monotonic() + 600
-        while time.monotonic() < deadline:
-            run = api(env, "GET", f"/flow_runs/{run['id']}")
-            if run["state"]["type"] in ("COMPLETED", "FAILED", "CRASHED", "CANCELLED"):
-                break
-            time.sleep(3)
+        run = finished(env, run["id"])
         assert run["state"]["type"] == "COMPLETED", run["state"]
-    finally:
-        os.killpg(worker.pid, 15)
-        worker.wait(timeout=30)
     manifest = json.loads((tmp_path / "dpo" / "mloc-manifest.json").read_text())
     assert manifest["flow_run_id"] == run["id"] and manifest["training"]["trainer"] == "DPOTrainer"
     assert manifest["metrics"]["reward_accuracy"] > manifest["metrics"]["reward_accuracy_before"]

@@ -84,14 +84,7 @@ def test_training_outlives_a_two_minute_prefect_outage(tmp_path: Path, port_pick
         deployed = cli(env, "mloc", "deploy", "--local", str(long_quickstart(tmp_path)))
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
         # Prefect's defaults (a poll every 10 s) are what a worker rides an outage out on
-        worker = subprocess.Popen(
-            [str(BIN / "mloc"), "worker"],
-            env=env,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-            cwd=tmp_path,
-            start_new_session=True,
-        )
+        worker = prefect_server.start_worker(env, tmp_path)
         started = cli(env, "prefect", "deployment", "run", "mloc/outage-quickstart")
         assert started.returncode == 0, started.stdout + started.stderr
         deployment = api(env, "GET", "/deployments/name/mloc/outage-quickstart")
@@ -145,5 +138,5 @@ def test_training_outlives_a_two_minute_prefect_outage(tmp_path: Path, port_pick
         assert not missing, f"{len(missing)} of {len(printed)} training lines never reached the run, e.g. {missing[:3]}"
     finally:
         if worker is not None:
-            prefect_server.stop(worker)  # type: ignore[arg-type]
+            prefect_server.stop(worker)
         prefect_server.stop(server)
