@@ -293,6 +293,13 @@ class Execution(Model):
     retries: int = Field(0, ge=0, le=10, description="How often Prefect retries a failed run.")
     retry_delay_seconds: int = Field(60, ge=0, description="Wait between retries.")
     timeout_seconds: int | None = Field(None, ge=1, description="Cancel a run that takes longer than this.")
+    rendezvous_timeout_seconds: int = Field(
+        600,
+        ge=10,
+        le=86_400,
+        description="How long the nodes of a multi-node training (replicas > 1) wait for each other to join "
+        "before the attempt fails.",
+    )
 
 
 # --- outputs ----------------------------------------------------------------------------------

@@ -40,17 +40,39 @@ def mloc_home() -> Path:
     return Path(os.environ.get("MLOC_HOME", Path.home() / ".mloc"))
 
 
-def run_tags(task_: TrainingTask | Any) -> list[str]:
-    """The tags every run carries; the usage report reads them."""
+def run_tags(task_: TrainingTask | Any, *, held_here: bool = True) -> list[str]:
+    """The tags every run carries; the usage report reads them.
+
+    ``gpu``, ``gpu-count`` and ``replicas`` say what the run's own worker holds: the task's
+    GPUs per node and its nodes (a run's replicas on one worker are torchrun nodes on that
+    machine), or none (``held_here=False``) when the worker lacks the GPUs the task asks for.
+    """
     spec, gpu = task_.spec, task_.spec.resources.hardware.gpu
     return [
         f"owner:{task_.metadata.owner}",
         f"project:{task_.metadata.project}",
         f"task-type:{spec.task_type}",
-        f"gpu:{gpu.type or 'none'}",
-        f"gpu-count:{gpu.count}",
+        f"gpu:{(gpu.type if held_here else None) or 'none'}",
+        f"gpu-count:{gpu.count if held_here else 0}",
         f"replicas:{spec.resources.replicas}",
     ]
+
+
+def gpus_held_here(task_: TrainingTask) -> tuple[bool, str | None]:
+    """Whether this worker holds the GPUs the task asks for (all its replicas' GPUs, since they
+    run here), and the line that says why not."""
+    from tasks.modeling import cuda_device_count
+
+    gpu, replicas = task_.spec.resources.hardware.gpu, task_.spec.resources.replicas
+    if gpu.count == 0:
+        return True, None
+    visible = cuda_device_count()
+    if visible >= gpu.count * replicas:
+        return True, None
+    return False, (
+        f"this worker has {visible} CUDA GPU(s) for the {gpu.count * replicas} × {gpu.type} the task asks for: "
+        "the run is tagged and billed with 0 GPUs"
+    )
 
 
 def task_digest(task_: Any) -> str:
@@ -186,7 +208,10 @@ def pipeline(task: Task, base_dir: str = ".", task_yaml_sha256: str | None = Non
     task_ = checked.task
     if not isinstance(task_, TrainingTask):  # validation refuses the types this version cannot run
         raise NotImplementedError(f"{task_.kind} tasks cannot be run by this MLOC version yet")
-    _tag_this_run(run_tags(task_))
+    held, why_not = gpus_held_here(task_)
+    _tag_this_run(run_tags(task_, held_here=held))
+    if why_not:
+        get_run_logger().warning(why_not)
     root = Path(base_dir).resolve()
     hardware_step(task_)  # before the download: a 7B model is 14 GB to fetch for a run that cannot start
     inputs = download_step(task_, root)

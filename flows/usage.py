@@ -1,22 +1,44 @@
 """Usage accounting: GPU-hours per user, project, GPU type and task type, from the tags
 and start/end times of the pipeline's flow runs (``flows.pipeline.run_tags``).
 
+GPU-hours count what a run held, not what its task asked for. A run's ``gpu``,
+``gpu-count`` and ``replicas`` tags say what the flow run's own worker holds: GPU type,
+GPUs per node, and the nodes it runs itself (local multi-node runs start ``replicas``
+torchrun nodes on one machine); a worker without GPUs is tagged ``gpu:none``,
+``gpu-count:0``. GPUs held elsewhere during the run, such as a Kubeflow TrainJob's nodes,
+are one tag per interval, ``held:<gpu-type>:<gpus>:<start>:<end>`` (``gpus`` = nodes ×
+GPUs per node; start and end in whole Unix seconds, UTC; end ``open`` while held), made
+by ``flows.usage_compute.held_tag``; closing an interval replaces its open tag
+(``with_held``).
+
 The rules, applied by ``flows.usage_compute.compute``:
 
 - The window is whole UTC days: ``[start_date 00:00 UTC, end_date + 1 day 00:00 UTC)``.
-- GPU-hours of a run = hours of ``[start_time, end_time or now]`` inside the window ×
-  GPU count × replicas; a run crossing an edge of the window counts its part inside.
+- GPU-hours of a run = its own, hours of ``[start_time, end_time or now]`` inside the
+  window × GPU count × replicas, plus, per held interval, hours of ``[start, end or now]``
+  inside both the window and the run's own span × its GPUs; a run crossing an edge of
+  the window counts its part inside. An interval counts only while the run ran: one left
+  open by a run that ended stops at the run's end (nobody recorded past it).
+- ``breakdown_by_gpu`` attributes the run's own hours to its worker's GPU type and each
+  held interval's to its GPU type; the user, project and task-type breakdowns add up
+  all of a run's hours. A run with only held hours (a CPU orchestrator) appears under
+  the held GPU types.
 - FAILED, CRASHED and CANCELLED runs count their GPU-hours (the GPUs were held) but are
   not completed tasks. A started run without an end time (running, paused, awaiting a
   retry) counts up to now. SCHEDULED and PENDING runs (no start time) count nothing.
 - ``total_tasks_completed``: runs in state COMPLETED that ended inside the window, CPU
   tasks included.
-- CPU runs (GPU count 0) add no GPU-hours and appear in no breakdown; every breakdown
+- Runs that held no GPUs (GPU count 0 and no held interval, e.g. a GPU task that ran on
+  a worker without GPUs) add no GPU-hours and appear in no breakdown; every breakdown
   lists only keys with GPU-hours above zero.
 - Hours are rounded to 6 decimals only in the output. With a rate card (currency per
-  GPU-hour by GPU type) the report adds ``cost``; a GPU type without a rate is an error.
-- Runs whose MLOC tags are missing or contradict each other are left out and counted in
-  a warning.
+  GPU-hour by GPU type) the report adds ``cost``, by ``breakdown_by_gpu``; a GPU type
+  without a rate is an error.
+- Runs whose MLOC tags are missing, contradict each other or are malformed (a held tag
+  that does not parse, ends before it starts, or disagrees with another tag of the same
+  GPU type and start) are left out and counted in a warning: what they held cannot be
+  known, and counting none of it would bill it as free. Of an interval's open and closed
+  tags, were a run to carry both, the closed one counts.
 
 Runs are read from the Prefect API (keyset-paged, ``read_runs``) or, by a process that
 holds the server's database connection string, straight from Prefect's database

@@ -80,10 +80,15 @@ def hardware(task: TrainingTask) -> list[str]:
     from tasks.modeling import HardwareError, cuda_available, cuda_device_count, quantization_config
 
     problems: list[str] = []
-    gpu = task.spec.resources.hardware.gpu
+    gpu, replicas = task.spec.resources.hardware.gpu, task.spec.resources.replicas
     visible = cuda_device_count()
-    if gpu.count > visible:
+    # the replicas of a run on this worker are torchrun nodes on this machine, each with its own GPUs;
+    # gpu.count counts GPUs, so it is never run as CPU processes instead: that would bill and
+    # behave unlike what the task says (replicas is the way to several CPU processes)
+    if gpu.count * replicas > visible:
         asked = f"{gpu.count} × {gpu.type}" if gpu.type else f"{gpu.count} GPU(s)"
+        if replicas > 1:
+            asked += f" on each of {replicas} replicas"
         problems.append(
             f"spec.resources.hardware.gpu asks for {asked}, but this worker has {visible} CUDA GPU(s) — "
             "run it on a worker that has them (`mloc deploy` sends it to its GPU type's pool), "
@@ -105,7 +110,10 @@ def hardware(task: TrainingTask) -> list[str]:
             problems.append(str(exc))
     if problems:
         raise PreflightError(problems)
-    return [f"hardware: {visible} CUDA GPU(s) for {gpu.count} asked"]
+    notes = [f"hardware: {visible} CUDA GPU(s) for {gpu.count * replicas} asked"]
+    if replicas > 1:
+        notes.append(f"training runs as {replicas} torchrun nodes on this machine, meeting over loopback")
+    return notes
 
 
 def preflight(task: TrainingTask, inputs: dict[str, dict[str, Any]], base_dir: Path) -> list[str]:

@@ -1,10 +1,11 @@
 """Running a heavy step (training, evaluation) in a child process: spawn it, stream its
 lines and events, stop it. It knows no task: a job is any model with a ``name``.
 
-A child process means: cancelling or timing out a run kills the work for sure, GPU
-memory is given back when it exits, and a multi-GPU launcher can take its place later.
-The child prints its log lines; lines starting with ``EVENT`` carry JSON events
-(progress, metrics) that the parent turns into Prefect artifacts.
+A child process means: cancelling or timing out a run kills the work for sure, and GPU
+memory is given back when it exits. A distributed step (tasks/launch.py) is one torchrun
+launcher per node instead, every one streamed the same way; their ranks' lines arrive
+prefixed with the rank. The child prints its log lines; lines starting with ``EVENT``
+carry JSON events (progress, metrics) that the parent turns into Prefect artifacts.
 
 Parent side: :func:`run_child`. Child side: ``python -m tasks JOB.json`` (tasks/__main__.py),
 which sends events with :func:`emit`.
@@ -14,13 +15,17 @@ from __future__ import annotations
 
 import json
 import os
+import queue
 import signal
 import subprocess
-import sys
+import threading
 import time
+import uuid
 from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
+
+from tasks.launch import Launch, child_command, free_port, launcher_command, local_node_env, split_rank
 
 EVENT = "@@mloc-event "
 
@@ -29,9 +34,14 @@ class ChildError(RuntimeError):
     """The child process failed; the message carries the end of its log."""
 
 
+# after one node's launcher failed, how long the others get to notice and stop by themselves
+NODE_GRACE_S = 60.0
+
+
 def emit(event: str, **payload: Any) -> None:
-    """Child side: send an event to the parent."""
-    print(EVENT + json.dumps({"event": event, **payload}), flush=True)
+    """Child side: send an event to the parent (from rank 0 only, in a distributed step)."""
+    if os.environ.get("RANK", "0") == "0":
+        print(EVENT + json.dumps({"event": event, **payload}), flush=True)
 
 
 class _Job(Protocol):
@@ -46,22 +56,89 @@ def run_child(
     workdir: Path,
     on_line: Callable[[str], None],
     on_event: Callable[[dict[str, Any]], None],
+    launch: Launch | None = None,
 ) -> None:
-    """Run ``job`` in a child process, streaming its lines; raises ChildError if it fails.
+    """Run ``job`` in a child process, or as ``launch``'s torchrun nodes on this machine when
+    it is distributed, streaming their lines; raises ChildError if it fails.
 
-    The child's PID is written to ``<workdir>/<step>.pid`` while it runs, and its whole
-    output to ``<workdir>/<step>.log``: this run's, the log an earlier run left there being
-    kept beside it as ``<step>.<UTC time it ended>.log``.
+    The children's PIDs are written to ``<workdir>/<step>.pid`` (one a line, node 0 first)
+    while they run, and their whole output to ``<workdir>/<step>.log``: this run's, the log
+    an earlier run left there being kept beside it as ``<step>.<UTC time it ended>.log``.
     """
+    from tasks.launch import failure_message
+
     step = job.name
     workdir.mkdir(parents=True, exist_ok=True)
     job_path = workdir / f"{step}-job.json"
     job_path.write_text(job.model_dump_json(indent=1))
     env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    proc = subprocess.Popen(
-        # -P: `-m` would put the working directory first on sys.path, and a user's folder named
-        # configs/ or tasks/ (the natural names for task files) would then shadow MLOC's own code
-        [sys.executable, "-P", "-m", "tasks", str(job_path)],
+    if launch is not None and launch.distributed:
+        endpoint, run_id = f"127.0.0.1:{free_port()}", uuid.uuid4().hex[:12]
+        visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d] or [
+            str(i) for i in range(launch.nodes * launch.gpus_per_node)
+        ]
+        commands = [
+            (
+                launcher_command(str(job_path)),
+                {**env, **local_node_env(launch, node, endpoint=endpoint, run_id=run_id, visible=visible)},
+            )
+            for node in range(launch.nodes)
+        ]
+    else:
+        commands = [(child_command(str(job_path)), env)]
+    log_path = workdir / f"{step}.log"
+    if log_path.exists():  # each run its own log: what is uploaded is this run's, not every earlier one's
+        ended = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(log_path.stat().st_mtime))
+        log_path.rename(workdir / f"{step}.{ended}.log")
+    procs = [_start(command, node_env) for command, node_env in commands]
+    pid_file = workdir / f"{step}.pid"
+    pid_file.write_text("\n".join(str(p.pid) for p in procs))
+    node_lines: list[list[str]] = [[] for _ in procs]
+    lines: queue.Queue[tuple[int, str | None]] = queue.Queue()
+    for node, proc in enumerate(procs):
+        threading.Thread(target=_read, args=(proc, node, lines), daemon=True).start()
+    try:
+        with open(log_path, "w") as log:
+            open_streams, failed_at = len(procs), None
+            while open_streams:
+                try:
+                    node, line = lines.get(timeout=1.0)
+                except queue.Empty:
+                    line = ""
+                    node = -1
+                if node >= 0 and line is None:
+                    open_streams -= 1
+                elif node >= 0 and line is not None:
+                    _, text = split_rank(line)
+                    if text.startswith(EVENT):
+                        on_event(json.loads(text[len(EVENT) :]))
+                        continue
+                    log.write(line + "\n")
+                    log.flush()
+                    node_lines[node] = [*node_lines[node][-200:], line]
+                    on_line(line)
+                if failed_at is None and any(p.poll() not in (None, 0) for p in procs):
+                    failed_at = time.monotonic()
+                if failed_at is not None and time.monotonic() - failed_at > NODE_GRACE_S:
+                    for proc in procs:  # a node left waiting on a peer that is gone
+                        _stop(proc)
+        codes: list[int | None] = [proc.wait() for proc in procs]
+    finally:
+        for proc in procs:
+            _stop(proc)
+        pid_file.unlink(missing_ok=True)
+    if any(codes):
+        if len(procs) == 1 and not (launch is not None and launch.distributed):
+            code = codes[0] or 0
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            raise ChildError(f"the {step} process {how}; its last lines:\n" + "\n".join(node_lines[0][-15:]))
+        assert launch is not None
+        raise ChildError(failure_message(step, launch, node_lines, codes))
+
+
+def _start(command: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+    return subprocess.Popen(
+        command,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
@@ -69,32 +146,13 @@ def run_child(
         env=env,
         start_new_session=True,  # its own process group: stopping it stops what it started too
     )
-    pid_file = workdir / f"{step}.pid"
-    pid_file.write_text(str(proc.pid))
-    tail: list[str] = []
-    log_path = workdir / f"{step}.log"
-    if log_path.exists():  # each run its own log: what is uploaded is this run's, not every earlier one's
-        ended = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(log_path.stat().st_mtime))
-        log_path.rename(workdir / f"{step}.{ended}.log")
-    try:
-        with open(log_path, "w") as log:
-            assert proc.stdout is not None
-            for raw in proc.stdout:
-                line = raw.rstrip("\n")
-                if line.startswith(EVENT):
-                    on_event(json.loads(line[len(EVENT) :]))
-                    continue
-                log.write(line + "\n")
-                log.flush()
-                tail = [*tail[-40:], line]
-                on_line(line)
-        code = proc.wait()
-    finally:
-        _stop(proc)
-        pid_file.unlink(missing_ok=True)
-    if code != 0:
-        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-        raise ChildError(f"the {step} process {how}; its last lines:\n" + "\n".join(tail[-15:]))
+
+
+def _read(proc: subprocess.Popen[str], node: int, lines: queue.Queue[tuple[int, str | None]]) -> None:
+    assert proc.stdout is not None
+    for raw in proc.stdout:
+        lines.put((node, raw.rstrip("\n")))
+    lines.put((node, None))
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:

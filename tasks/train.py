@@ -8,6 +8,7 @@ builds its TRL trainer, hands it to :func:`report_to_parent` and ends with :func
 from __future__ import annotations
 
 import json
+import os
 import re
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
@@ -15,6 +16,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 from tasks.jobs import TrainJob
+from tasks.launch import is_main, launch_for, local_rank, rank, world_size
 from tasks.runner import emit, run_child
 
 if TYPE_CHECKING:
@@ -122,7 +124,10 @@ def run_training(
         resume_from=str(resume) if resume else None,
         result_path=str(workdir / "train-result.json"),
     )
-    run_child(job, workdir, on_line, on_event)
+    launch = launch_for(task)
+    if launch.distributed:
+        on_line(f"training as {launch.describe()}")
+    run_child(job, workdir, on_line, on_event, launch)
     return TrainResult(**json.loads(Path(job.result_path).read_text()))
 
 
@@ -143,7 +148,12 @@ def trainer_arguments(task: TrainingTask, job: TrainJob, config_class: type | No
         "output_dir": job.output_dir,
         **({"max_length": task.spec.dataset.preprocessing.max_seq_length} if has_max_length else {}),
         "disable_tqdm": True,  # progress goes to Prefect as events, not as terminal bars
+        # under torchrun on a CPU, accelerate needs it: without it every process trains alone, silently
         "use_cpu": not cuda_available(),
+        # an adapter's weights are all used in each forward: DDP's search for unused ones only costs a
+        # traversal of the graph every step (a task that needs it sets it)
+        **({"ddp_find_unused_parameters": False} if world_size() > 1 else {}),
+        **{k: v for k, v in task.spec.hyperparameters.items() if k == "ddp_find_unused_parameters"},
     }
 
 
@@ -181,7 +191,9 @@ def run_trainer(
     model = loader.from_pretrained(
         job.model_path,
         **(model_kwargs or {}),
-        **({"quantization_config": quant, "device_map": "auto"} if quant else {}),
+        # a k-bit model whole on this rank's GPU: "auto" would spread one model over every GPU
+        # the process sees, each working in turn
+        **({"quantization_config": quant, "device_map": {"": local_rank()}} if quant else {}),
     )
     trainer = trainer_class(
         model=model,
@@ -192,9 +204,19 @@ def run_trainer(
         **extra,
     )
     report_to_parent(trainer)
+    if world_size() > 1:
+        # what the processes actually joined: a rank that silently trained alone shows world size 1
+        state = trainer.accelerator.state
+        print(
+            f"rank {state.process_index} of world size {state.num_processes} ({state.distributed_type}, "
+            f"backend {state.backend}), local rank {local_rank()}, pid {os.getpid()}",
+            flush=True,
+        )
     start = f"resuming from {Path(job.resume_from).name}" if job.resume_from else "from the start"
-    print(f"training with {trainer_class.__name__} on {len(train_rows)} {rows}, {start}", flush=True)
+    if is_main():
+        print(f"training with {trainer_class.__name__} on {len(train_rows)} {rows}, {start}", flush=True)
     fit(trainer, job)
+    check_ranks_agree(trainer)
     finish(trainer, tokenizer, task, job, model_class=loader, model_kwargs=model_kwargs)
 
 
@@ -233,14 +255,49 @@ def _callbacks() -> list[Any]:
             emit("progress", step=state.global_step, max_steps=state.max_steps)
 
         def on_log(self, args: Any, state: Any, control: Any, logs: Any = None, **kwargs: Any) -> None:
-            if logs:
+            # every rank logs the same (globally reduced) figures: rank 0 prints them
+            if logs and state.is_world_process_zero:
                 shown = ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}" for k, v in logs.items())
                 print(f"step {state.global_step}/{state.max_steps}: {shown}", flush=True)
 
         def on_save(self, args: Any, state: Any, control: Any, **kwargs: Any) -> None:
-            print(f"checkpoint saved at step {state.global_step}", flush=True)
+            if state.is_world_process_zero:
+                print(f"checkpoint saved at step {state.global_step}", flush=True)
 
     return [Report()]
+
+
+def trainable_digest(model: Any) -> str:
+    """sha256 over the trainable parameters' names and values: equal on every rank of a
+    data-parallel training whose gradients were synchronised."""
+    import hashlib
+
+    digest = hashlib.sha256()
+    for name, param in sorted(model.named_parameters(), key=lambda item: item[0]):
+        if param.requires_grad:
+            digest.update(name.encode())
+            digest.update(param.detach().float().cpu().contiguous().numpy().tobytes())
+    return digest.hexdigest()
+
+
+class RanksDiverged(RuntimeError):
+    """The ranks of a distributed training ended with different weights."""
+
+
+def check_ranks_agree(trainer: Any) -> None:
+    """In a distributed training, every rank's trainable weights must be the same at the end;
+    each rank prints its digest, and the training fails if any differs from rank 0's."""
+    if world_size() <= 1:
+        return
+    import torch.distributed as dist
+
+    mine = trainable_digest(trainer.model)
+    print(f"rank {rank()}: trainable parameters sha256:{mine}", flush=True)
+    everyone: list[str | None] = [None] * world_size()
+    dist.all_gather_object(everyone, mine)
+    differ = [r for r, d in enumerate(everyone) if d != everyone[0]]
+    if differ:
+        raise RanksDiverged(f"rank(s) {', '.join(map(str, differ))} ended with weights that differ from rank 0's")
 
 
 def finish(
@@ -251,10 +308,13 @@ def finish(
     model_class: type | None = None,
     model_kwargs: dict[str, Any] | None = None,
 ) -> None:
-    """Save the final weights (and the merged model, a ``model_class``, if asked for) and the result file."""
+    """Save the final weights (and the merged model, a ``model_class``, if asked for) and the
+    result file: rank 0's work, the other ranks of a distributed training hold the same weights."""
     out = Path(job.output_dir)
     final_dir = out / "final"
-    trainer.save_model(str(final_dir))
+    trainer.save_model(str(final_dir))  # every rank calls it; the trainer writes from rank 0 only
+    if not is_main():
+        return
     tokenizer.save_pretrained(str(final_dir))
     state_file = out / "trainer_state.json"
     trainer.state.save_to_json(str(state_file))

@@ -59,14 +59,82 @@ def job_variables(task: Any, pool: PoolDefinition) -> dict[str, Any]:
         "shm_size": shm_size(memory),
     }
     if pool.gpu_type is not None:
-        values["gpu_count"] = hardware.gpu.count
+        if runs_as_trainjob(task, pool):
+            # the flow pod only orchestrates: the TrainJob's nodes (trainjob.py) hold the GPUs
+            values["gpu_count"] = 0
+            # CUDA images set NVIDIA_VISIBLE_DEVICES=all, with which the NVIDIA runtime hands a pod that
+            # requests no GPU every GPU of its node; "void" makes it start the container as runc would
+            values["env"] = {"NVIDIA_VISIBLE_DEVICES": "void"}
+        else:
+            values["gpu_count"] = hardware.gpu.count
     return values
+
+
+def runs_as_trainjob(task: Any, pool: PoolDefinition) -> bool:
+    """Whether ``task``'s training runs as a Kubeflow Trainer TrainJob, its flow run only orchestrating.
+
+    replicas: R > 1 on Kubernetes means R nodes; one Job's pod cannot span them.
+    """
+    return pool.kind == "kubernetes" and task.kind == "TrainingTask" and task.spec.resources.replicas > 1
 
 
 def shm_size(memory: str) -> str:
     """Half the memory limit: /dev/shm pages count against it, and the rest is for the process itself."""
     mebibytes = math.ceil(parse_quantity(memory) / 2 / 2**20)
     return f"{mebibytes}Mi"
+
+
+# --- pod settings shared by the pool template and the TrainJob (trainjob.py) --------------------
+
+
+def gpu_toleration() -> dict[str, str]:
+    # GPU nodes are usually tainted so that CPU-only pods stay off them
+    return {"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}
+
+
+def gpu_affinity(pool: PoolDefinition) -> dict[str, Any] | None:
+    """Node affinity to the pool's GPU product; None where the pool takes whichever GPU a node has."""
+    if not pool.product_labels:
+        return None
+    # `In` over all of the type's product labels: the same card is labelled differently per form factor
+    match = {"key": GPU_PRODUCT_LABEL, "operator": "In", "values": list(pool.product_labels)}
+    return {
+        "nodeAffinity": {
+            "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [match]}]}
+        }
+    }
+
+
+def pod_security_context() -> dict[str, Any]:
+    # the images run as a non-root user; fsGroup makes the cache volume writable for it
+    return {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS}
+
+
+def volumes(shm_size: str, cache_claim: str) -> list[dict[str, Any]]:
+    return [
+        # Docker's 64 MiB /dev/shm starves NCCL and DataLoader workers; a memory-backed emptyDir replaces it
+        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": shm_size}},
+        # one claim holds the Hugging Face cache and MLOC's own state, so a re-run neither downloads again
+        # nor loses its checkpoints
+        {"name": "cache", "persistentVolumeClaim": {"claimName": cache_claim}},
+    ]
+
+
+def volume_mounts() -> list[dict[str, str]]:
+    return [
+        {"name": "dshm", "mountPath": "/dev/shm"},
+        {"name": "cache", "mountPath": HF_HOME, "subPath": "huggingface"},
+        {"name": "cache", "mountPath": MLOC_HOME, "subPath": "mloc"},
+    ]
+
+
+def cache_env() -> list[dict[str, str]]:
+    return [{"name": "HF_HOME", "value": HF_HOME}, {"name": "MLOC_HOME", "value": MLOC_HOME}]
+
+
+def credentials_env_from() -> list[dict[str, Any]]:
+    """The default envFrom: every key of the credentials Secret; optional, so a pod starts without it."""
+    return [{"secretRef": {"name": DEFAULT_CREDENTIALS_SECRET, "optional": True}}]
 
 
 # --- the kubernetes template, piece by piece ---------------------------------------------------
@@ -94,32 +162,17 @@ def _add_job_settings(template: dict[str, Any], pool: PoolDefinition) -> None:
     variables["namespace"]["default"] = NAMESPACE
     variables["service_account_name"]["default"] = JOB_SERVICE_ACCOUNT
     pod, _, _ = _parts(template)
-    # the images run as a non-root user; fsGroup makes the cache volume writable for it
-    pod["securityContext"] = {"runAsNonRoot": True, "runAsUser": RUN_AS, "runAsGroup": RUN_AS, "fsGroup": RUN_AS}
+    pod["securityContext"] = pod_security_context()
 
 
 def _add_volumes_and_env(template: dict[str, Any]) -> None:
     pod, container, variables = _parts(template)
-    pod["volumes"] = [
-        # Docker's 64 MiB /dev/shm starves NCCL and DataLoader workers; a memory-backed emptyDir replaces it
-        {"name": "dshm", "emptyDir": {"medium": "Memory", "sizeLimit": "{{ shm_size }}"}},
-        # one claim holds the Hugging Face cache and MLOC's own state, so a re-run neither downloads again
-        # nor loses its checkpoints
-        {"name": "cache", "persistentVolumeClaim": {"claimName": "{{ cache_claim_name }}"}},
-    ]
-    container["volumeMounts"] = [
-        {"name": "dshm", "mountPath": "/dev/shm"},
-        {"name": "cache", "mountPath": HF_HOME, "subPath": "huggingface"},
-        {"name": "cache", "mountPath": MLOC_HOME, "subPath": "mloc"},
-    ]
+    pod["volumes"] = volumes("{{ shm_size }}", "{{ cache_claim_name }}")
+    container["volumeMounts"] = volume_mounts()
     # A list, not Prefect's "{{ env }}" placeholder: prefect-kubernetes puts the `env` job variable in
     # front of these and drops any of them a deployment sets itself, so a deployment's env adds to them
     # instead of replacing them.
-    container["env"] = [
-        {"name": "HF_HOME", "value": HF_HOME},
-        {"name": "MLOC_HOME", "value": MLOC_HOME},
-        {"name": "PREFECT_LOGGING_EXTRA_LOGGERS", "value": "tasks"},
-    ]
+    container["env"] = [*cache_env(), {"name": "PREFECT_LOGGING_EXTRA_LOGGERS", "value": "tasks"}]
     # credentials reach the pod only as references to Kubernetes Secrets: envFrom cannot carry a value
     container["envFrom"] = "{{ env_from }}"
     variables["shm_size"] = {
@@ -142,7 +195,7 @@ def _add_volumes_and_env(template: dict[str, Any]) -> None:
         "variables, e.g. HF_TOKEN, AWS_ACCESS_KEY_ID. optional: true lets a pod start without them.",
         "type": "array",
         "items": {"type": "object"},
-        "default": [{"secretRef": {"name": DEFAULT_CREDENTIALS_SECRET, "optional": True}}],
+        "default": credentials_env_from(),
     }
 
 
@@ -151,21 +204,16 @@ def _add_gpus(template: dict[str, Any], pool: PoolDefinition) -> None:
     # extended resources are never overcommitted: Kubernetes requires request == limit
     container["resources"]["limits"][GPU_RESOURCE] = "{{ gpu_count }}"
     container["resources"]["requests"][GPU_RESOURCE] = "{{ gpu_count }}"
-    # GPU nodes are usually tainted so that CPU-only pods stay off them
-    pod["tolerations"] = [{"key": GPU_RESOURCE, "operator": "Exists", "effect": "NoSchedule"}]
-    if pool.product_labels:
-        # `In` over all of the type's product labels: the same card is labelled differently per form factor
-        match = {"key": GPU_PRODUCT_LABEL, "operator": "In", "values": list(pool.product_labels)}
-        pod["affinity"] = {
-            "nodeAffinity": {
-                "requiredDuringSchedulingIgnoredDuringExecution": {"nodeSelectorTerms": [{"matchExpressions": [match]}]}
-            }
-        }
+    pod["tolerations"] = [gpu_toleration()]
+    affinity = gpu_affinity(pool)
+    if affinity is not None:
+        pod["affinity"] = affinity
     variables["gpu_count"] = {
         "title": "GPU count",
-        "description": f"GPUs per pod ({GPU_RESOURCE}); a {pool.name} node offers at most {pool.gpus_per_node}.",
+        "description": f"GPUs per pod ({GPU_RESOURCE}); a {pool.name} node offers at most {pool.gpus_per_node}. "
+        "0 for a flow run that only orchestrates, its training running as a Kubeflow TrainJob (replicas > 1).",
         "type": "integer",
-        "minimum": 1,
+        "minimum": 0,
         "maximum": pool.gpus_per_node,
         "default": 1,
     }

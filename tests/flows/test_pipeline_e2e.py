@@ -141,6 +141,60 @@ def test_qlora_on_a_cpu_worker_is_refused_before_the_download(prefect_server: No
     assert check.state.is_failed()
     message = str(state.result(raise_on_failure=False))
     assert "this worker has 0 CUDA GPU(s)" in message and "QLoRA" in message and "needs a CUDA GPU" in message
+    # it held no GPU: tagged (and so billed) with 0, whatever the task asked, and its log says so
+    flow_run, _, _ = read_flow_run(state.state_details.flow_run_id)
+    assert {"gpu:none", "gpu-count:0"} <= set(flow_run.tags) and "gpu:any" not in flow_run.tags
+    assert any("tagged and billed with 0 GPUs" in line for line in flow_run_logs(flow_run.id))
+
+
+def flow_run_logs(flow_run_id: Any) -> list[str]:
+    """The flow run's own log lines (not its task runs'), once Prefect's batched sender delivered them."""
+    import time
+
+    from prefect import get_client
+    from prefect.client.schemas.filters import LogFilter, LogFilterFlowRunId, LogFilterTaskRunId
+
+    wanted = LogFilter(
+        flow_run_id=LogFilterFlowRunId(any_=[flow_run_id]), task_run_id=LogFilterTaskRunId(is_null_=True)
+    )
+    messages: list[str] = []
+    for _ in range(20):
+        with get_client(sync_client=True) as client:
+            messages = [log.message for log in client.read_logs(log_filter=wanted, limit=200)]
+        if any(m.startswith("Finished in state") for m in messages):
+            break
+        time.sleep(0.5)
+    return messages
+
+
+def test_replicas_2_train_as_two_torchrun_nodes_through_the_pipeline(
+    prefect_server: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("MLOC_HOME", str(tmp_path / "home"))
+    out = tmp_path / "published"
+    task = quickstart(
+        {
+            "spec.resources.replicas": 2,
+            "spec.hyperparameters.per_device_train_batch_size": 4,  # the quickstart's global batch of 8
+            "spec.output.destination": {"type": "local", "path": str(out)},
+        }
+    )
+    state = run(task)
+    assert state.is_completed(), state.message
+    result = state.result()
+    flow_run, task_runs, _ = read_flow_run(state.state_details.flow_run_id)
+    assert {"replicas:2", "gpu-count:0"} <= set(flow_run.tags)
+    # every rank's lines reach the train task run, prefixed with its rank; figures come from rank 0
+    [train_run] = [r for r in task_runs if r.name == "train"]
+    logs = task_run_logs(train_run.id)
+    for rank in (0, 1):
+        assert any(line.startswith(f"[rank{rank}]: rank {rank} of world size 2 ") for line in logs), logs[:20]
+    assert any(line.startswith("[rank0]: step 60/60") for line in logs)
+    assert result["metrics"]["eval_loss"] < 0.8 * result["metrics"]["eval_loss_before"]
+    manifest = json.loads((out / "mloc-manifest.json").read_text())
+    assert manifest["training"]["global_step"] == 60
+    assert manifest["hardware"]["replicas"] == 2
+    assert (out / "adapter" / "adapter_model.safetensors").is_file()
 
 
 def test_s3_inputs_and_outputs_and_a_second_run_downloads_nothing(

@@ -29,6 +29,8 @@ from tests.flows.usage_runs import (
     Run,
     at,
     create_runs,
+    held_report,
+    held_runs,
     insert_ended_runs,
     project_report,
     server_runs,
@@ -216,7 +218,7 @@ def test_records_from_tags(tags: list[str], expected: tuple[str | None, int] | N
 @pytest.fixture(scope="module")
 def scenario(prefect_server: None) -> tuple[str, list[str]]:
     tag = uuid.uuid4().hex[:8]
-    return tag, create_runs(server_runs(tag))
+    return tag, create_runs(server_runs(tag) + held_runs(tag))  # held_runs last: tests index server_runs' ids
 
 
 @pytest.mark.slow
@@ -241,7 +243,7 @@ SOURCES = pytest.mark.parametrize("source", ["api", "database"])
 @pytest.mark.slow
 @SOURCES
 def test_usage_report_on_the_server_matches_the_hand_computed_figures(
-    scenario: tuple[str, list[str]], source: str
+    scenario: tuple[str, list[str]], source: str, caplog: pytest.LogCaptureFixture
 ) -> None:
     from flows import usage
 
@@ -249,6 +251,11 @@ def test_usage_report_on_the_server_matches_the_hand_computed_figures(
     tag, _ = scenario
     alice, bob, project = f"alice-{tag}", f"bob-{tag}", f"usage-test-{tag}"
     assert usage_report(project=project, start_date=SEP1, end_date=SEP2) == project_report(tag)
+    # GPUs held off the worker (held tags), read the same from either source; the run
+    # whose held tag does not parse is left out and counted
+    with caplog.at_level("WARNING", logger="flows.usage"):
+        assert usage_report(project=f"held-{tag}", start_date=SEP1, end_date=SEP2) == held_report(tag)
+    assert "1 run(s) of flow 'mloc' left out" in caplog.text
     by_alice = usage_report(alice, start_date=SEP1, end_date=SEP2)
     assert by_alice["total_gpu_hours"] == pytest.approx(25.5, abs=1e-6)
     assert by_alice["total_tasks_completed"] == 4
@@ -278,6 +285,12 @@ def test_a_running_run_counts_up_to_now_on_the_server(scenario: tuple[str, list[
     # crashed 2 + late 4 + running since 2025-09-02 20:00 on 6 GPUs
     hours = [2 + 4 + 6 * (t - at(2, 20)).total_seconds() / 3600 for t in (before, after)]
     assert hours[0] - 1e-6 <= report["total_gpu_hours"] <= hours[1] + 1e-6
+    # dave's open held interval: 4 A100 since 2025-09-02 20:30 (his other run ended on the 1st)
+    before = datetime.now(UTC)
+    held = usage_report(f"dave-{tag}", start_date=SEP2, end_date=today, source=source)["breakdown_by_gpu"]
+    after = datetime.now(UTC)
+    hours = [4 * (t - at(2, 20.5)).total_seconds() / 3600 for t in (before, after)]
+    assert held.keys() == {A100} and hours[0] - 1e-6 <= held[A100] <= hours[1] + 1e-6
 
 
 @pytest.mark.slow

@@ -22,7 +22,7 @@ from flows.usage_compute import compute
 from tests.conftest import ROOT
 from tests.flows import prefect_server
 from tests.flows.api_server import september_stats, subprocess_env
-from tests.flows.usage_runs import SEP1, SEP2, create_runs, project_report, server_runs
+from tests.flows.usage_runs import SEP1, SEP2, create_runs, held_report, held_runs, project_report, server_runs
 
 pytestmark = pytest.mark.slow
 
@@ -50,6 +50,7 @@ def test_the_database_source_reads_postgresql(postgres: str) -> None:
     assert provide_database_interface().database_config.connection_url == postgres
     tag = "pg"
     create_runs(server_runs(tag))  # through Prefect's orchestration, into PostgreSQL
+    create_runs(held_runs(tag))  # and runs whose GPUs were held elsewhere (a TrainJob's nodes)
     now = datetime.now(UTC)
 
     def report(user: str | None = None, project: str | None = None, first: date = SEP1, last: date = SEP2) -> dict:
@@ -57,6 +58,7 @@ def test_the_database_source_reads_postgresql(postgres: str) -> None:
         return compute(runs, user=user, project=project, start_date=first, end_date=last, now=now)
 
     assert report(project=f"usage-test-{tag}") == project_report(tag)
+    assert report(project=f"held-{tag}") == held_report(tag)
     # the tag filters (JSONB containment here), alone and together
     assert report(f"alice-{tag}")["total_gpu_hours"] == pytest.approx(25.5, abs=1e-6)
     assert report(f"alice-{tag}", f"usage-test-{tag}")["total_gpu_hours"] == pytest.approx(15.5, abs=1e-6)

@@ -42,9 +42,10 @@ class Run:
     count: int = 1
     replicas: int = 1
     task_type: str = "sft"
+    held: tuple[str, ...] = ()  # held tags: GPUs held off the run's worker
 
     def tags(self) -> list[str]:
-        """What flows.pipeline.run_tags writes on a real run."""
+        """What flows.pipeline.run_tags writes on a real run, and its held tags."""
         from flows.pipeline import run_tags
 
         gpu = SimpleNamespace(type=self.gpu, count=self.count if self.gpu else 0)
@@ -52,7 +53,8 @@ class Run:
             task_type=self.task_type,
             resources=SimpleNamespace(replicas=self.replicas, hardware=SimpleNamespace(gpu=gpu)),
         )
-        return run_tags(SimpleNamespace(spec=spec, metadata=SimpleNamespace(owner=self.owner, project=self.project)))
+        task_ = SimpleNamespace(spec=spec, metadata=SimpleNamespace(owner=self.owner, project=self.project))
+        return run_tags(task_) + list(self.held)
 
 
 def create_runs(runs: Iterable[Run], batch: int = 100) -> list[str]:
@@ -161,4 +163,69 @@ def project_report(tag: str) -> dict[str, Any]:
         "breakdown_by_user": {alice: pytest.approx(15.5, abs=1e-6), bob: pytest.approx(28.5, abs=1e-6)},
         "breakdown_by_project": {project: pytest.approx(44, abs=1e-6)},
         "breakdown_by_task_type": {"sft": pytest.approx(44, abs=1e-6)},
+    }
+
+
+def held_runs(tag: str) -> list[Run]:
+    """Runs that hold GPUs off their worker (held tags), in project held-<tag>, owners
+    carol-, dave- and erin-<tag>: what ``held_report`` computes by hand."""
+    from flows.usage_compute import held_tag
+
+    carol, dave, erin, project = f"carol-{tag}", f"dave-{tag}", f"erin-{tag}", f"held-{tag}"
+    return [
+        # multi-node on Kubernetes: the flow pod is a CPU orchestrator; its TrainJob held
+        # 2 nodes x 4 A100 from 10:15 to 11:45 of a 2 h run -> 1.5 h x 8 = 12
+        Run(
+            carol,
+            project,
+            "COMPLETED",
+            at(1, 10),
+            at(1, 12),
+            gpu=None,
+            held=(held_tag(A100, 8, at(1, 10.25), at(1, 11.75)),),
+        ),
+        # an A100 task that ran on a worker without GPUs: 0, but a completed task
+        Run(carol, project, "COMPLETED", at(1, 13), at(1, 15), gpu=None),
+        # local, one node, 1 GPU for 1.5 h -> 1.5
+        Run(dave, project, "COMPLETED", at(1, 16), at(1, 17.5), gpu=L40S),
+        # held across the window's start: 2 nodes x 8 H100 from 22:00 the day before to 03:00
+        # -> 3 h x 16 = 48 inside; a failed run: hours, no completion
+        Run(
+            erin,
+            project,
+            "FAILED",
+            at(31, 20, month=8),
+            at(1, 4),
+            gpu=None,
+            task_type="dpo",
+            held=(held_tag(H100, 16, at(31, 22, month=8), at(1, 3)),),
+        ),
+        # still running, its TrainJob of 1 node x 4 A100 held since 20:30 (open): up to now,
+        # which for a window already over is its end -> 3.5 h x 4 = 14
+        Run(dave, project, "RUNNING", at(2, 20), gpu=None, held=(held_tag(A100, 4, at(2, 20.5)),)),
+        # a held tag that does not parse: left out, so not a completed task either
+        Run(carol, project, "COMPLETED", at(1, 1), at(1, 2), gpu=None, held=(f"held:{A100}:8:soon:open",)),
+    ]
+
+
+def held_report(tag: str) -> dict[str, Any]:
+    """The report of project held-<tag> over SEP1..SEP2 once the window is over (its open
+    interval counted to the window's end), computed by hand from ``held_runs``."""
+    carol, dave, erin, project = f"carol-{tag}", f"dave-{tag}", f"erin-{tag}", f"held-{tag}"
+    return {
+        "query_parameters": {"project": project, "start_date": "2025-09-01", "end_date": "2025-09-02"},
+        "total_gpu_hours": pytest.approx(12 + 0 + 1.5 + 48 + 14, abs=1e-6),
+        "total_tasks_completed": 3,  # the orchestrated run, the CPU fallback, the local run
+        "breakdown_by_gpu": {
+            A100: pytest.approx(12 + 14, abs=1e-6),
+            H100: pytest.approx(48, abs=1e-6),
+            L40S: pytest.approx(1.5, abs=1e-6),
+        },
+        "breakdown_by_user": {
+            carol: pytest.approx(12, abs=1e-6),
+            dave: pytest.approx(1.5 + 14, abs=1e-6),
+            erin: pytest.approx(48, abs=1e-6),
+        },
+        "breakdown_by_project": {project: pytest.approx(75.5, abs=1e-6)},
+        "breakdown_by_task_type": {"dpo": pytest.approx(48, abs=1e-6), "sft": pytest.approx(12 + 1.5 + 14, abs=1e-6)},
     }

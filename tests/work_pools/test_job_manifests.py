@@ -176,7 +176,8 @@ def test_a_deployment_can_override_the_variables() -> None:
 def test_the_gpu_count_variable_is_bounded_by_the_node() -> None:
     for pool in GPU_POOLS:
         schema = base_job_template(pool)["variables"]["properties"]["gpu_count"]
-        assert (schema["type"], schema["minimum"], schema["maximum"]) == ("integer", 1, pool.gpus_per_node)
+        # 0: a flow run that orchestrates a TrainJob (replicas > 1) holds no GPU itself
+        assert (schema["type"], schema["minimum"], schema["maximum"]) == ("integer", 0, pool.gpus_per_node)
 
 
 def test_every_placeholder_is_a_declared_variable() -> None:
