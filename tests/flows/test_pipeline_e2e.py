@@ -170,16 +170,20 @@ def flow_run_logs(flow_run_id: Any) -> list[str]:
 def test_replicas_2_train_as_two_torchrun_nodes_through_the_pipeline(
     prefect_server: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
+    import yaml
+
+    from configs import validate_text
+    from flows.pipeline import pipeline
+    from tasks.registry import TASK_TYPES
+
     monkeypatch.setenv("MLOC_HOME", str(tmp_path / "home"))
     out = tmp_path / "published"
-    task = quickstart(
-        {
-            "spec.resources.replicas": 2,
-            "spec.hyperparameters.per_device_train_batch_size": 4,  # the quickstart's global batch of 8
-            "spec.output.destination": {"type": "local", "path": str(out)},
-        }
-    )
-    state = run(task)
+    path = CONFIGS / "quickstart" / "sft-2-nodes.yaml"  # the shipped quickstart: replicas 2, 4 rows a step each
+    data = yaml.safe_load(path.read_text())
+    data["spec"]["output"]["destination"] = {"type": "local", "path": str(out)}
+    task = validate_text(yaml.safe_dump(data), path.name, TASK_TYPES).task
+    assert isinstance(task, TrainingTask) and task.spec.resources.replicas == 2
+    state = pipeline(task=task, base_dir=str(path.parent), return_state=True)
     assert state.is_completed(), state.message
     result = state.result()
     flow_run, task_runs, _ = read_flow_run(state.state_details.flow_run_id)

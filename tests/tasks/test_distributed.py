@@ -130,3 +130,27 @@ def test_a_failure_names_the_killed_rank_over_those_that_stopped_with_it() -> No
     assert message.endswith("hello")
     timeout = failure_message("train", launch, [["RendezvousTimeoutError: ..."], []], [1, None])
     assert "did not all join within 600 s (spec.execution.rendezvous_timeout_seconds)" in timeout
+
+
+@pytest.mark.slow
+def test_a_node_that_never_joins_fails_at_the_rendezvous_timeout(tmp_path: Path) -> None:
+    # node 0 of 2 alone: the launcher gives up after the task's rendezvous timeout (the
+    # smallest one validation takes) and says so, before any training process starts
+    import subprocess
+    import time
+
+    from tasks.launch import free_port, local_node_env
+
+    launch = Launch(nodes=2, procs_per_node=1, rendezvous_timeout_s=10)
+    env = {**os.environ, **local_node_env(launch, 0, endpoint=f"127.0.0.1:{free_port()}", run_id="lonely", visible=[])}
+    started = time.monotonic()
+    done = subprocess.run(
+        launcher_command(str(tmp_path / "train-job.json")), env=env, capture_output=True, text=True, timeout=120
+    )
+    waited = time.monotonic() - started
+    assert done.returncode != 0
+    assert 10 <= waited < 60, waited
+    message = failure_message("train", launch, [(done.stdout + done.stderr).splitlines(), []], [done.returncode, None])
+    assert message.startswith(
+        "the train's 2 nodes did not all join within 10 s (spec.execution.rendezvous_timeout_seconds)"
+    ), message
