@@ -154,3 +154,26 @@ def test_a_node_that_never_joins_fails_at_the_rendezvous_timeout(tmp_path: Path)
     assert message.startswith(
         "the train's 2 nodes did not all join within 10 s (spec.execution.rendezvous_timeout_seconds)"
     ), message
+
+
+class Cancelled(Exception):
+    pass
+
+
+@pytest.mark.slow
+def test_stopping_a_distributed_step_stops_every_rank(tmp_path: Path) -> None:
+    # a cancelled or timed-out run stops its step in the parent: no rank may be left training
+    # (torchrun starts each rank in a session of its own, so this is the launcher's doing)
+    lines: list[str] = []
+
+    def cancel(event: dict[str, Any]) -> None:
+        if event["event"] == "progress" and event["step"] >= 5:
+            raise Cancelled
+
+    with pytest.raises(Cancelled):
+        run_training(task_with(2, 4), INPUTS, tmp_path, lines.append, cancel)
+    pids = [int(m[4]) for m in map(WORLD.match, lines) if m]
+    assert len(pids) == 2
+    for pid in pids:
+        with pytest.raises(ProcessLookupError):
+            os.kill(pid, 0)
