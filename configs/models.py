@@ -300,6 +300,14 @@ class Execution(Model):
         description="How long the nodes of a multi-node training (replicas > 1) wait for each other to join "
         "before the attempt fails.",
     )
+    scheduling_timeout_seconds: int = Field(
+        900,
+        ge=1,
+        le=86_400,
+        description="How long the nodes of a training run as a Kubeflow TrainJob (replicas > 1 on Kubernetes) "
+        "may wait to be scheduled and started; after it the TrainJob is deleted and the attempt fails with "
+        "the reason Kubernetes gives (e.g. Unschedulable).",
+    )
 
 
 # --- outputs ----------------------------------------------------------------------------------

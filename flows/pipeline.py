@@ -23,7 +23,7 @@ from prefect.cache_policies import NO_CACHE
 
 from configs import TrainingTask, validate_data
 from configs.models import Task
-from flows import report
+from flows import report, trainjob_run
 from flows.relay import Relay
 from tasks import download, gates, preflight, train, upload
 from tasks.registry import TASK_TYPES
@@ -40,21 +40,24 @@ def mloc_home() -> Path:
     return Path(os.environ.get("MLOC_HOME", Path.home() / ".mloc"))
 
 
-def run_tags(task_: TrainingTask | Any, *, held_here: bool = True) -> list[str]:
+def run_tags(task_: TrainingTask | Any, *, held_here: bool = True, trainjob: bool = False) -> list[str]:
     """The tags every run carries; the usage report reads them.
 
     ``gpu``, ``gpu-count`` and ``replicas`` say what the run's own worker holds: the task's
     GPUs per node and its nodes (a run's replicas on one worker are torchrun nodes on that
     machine), or none (``held_here=False``) when the worker lacks the GPUs the task asks for.
+    A run whose training is a TrainJob (``trainjob``) runs no node itself: ``gpu:none``,
+    ``gpu-count:0``, ``replicas:1`` (its one orchestrating pod); the nodes' GPUs are its held tag.
     """
     spec, gpu = task_.spec, task_.spec.resources.hardware.gpu
+    held_here = held_here and not trainjob
     return [
         f"owner:{task_.metadata.owner}",
         f"project:{task_.metadata.project}",
         f"task-type:{spec.task_type}",
         f"gpu:{(gpu.type if held_here else None) or 'none'}",
         f"gpu-count:{gpu.count if held_here else 0}",
-        f"replicas:{spec.resources.replicas}",
+        f"replicas:{1 if trainjob else spec.resources.replicas}",
     ]
 
 
@@ -118,7 +121,7 @@ def download_step(task_: TrainingTask, base_dir: Path) -> dict[str, dict[str, An
 
 @task(name="preflight-hardware", task_run_name="preflight-hardware", cache_policy=NO_CACHE)
 def hardware_step(task_: TrainingTask) -> None:
-    for note in preflight.hardware(task_):
+    for note in preflight.hardware(task_, nodes_elsewhere=trainjob_run.target_from_env() is not None):
         get_run_logger().info(note)
 
 
@@ -170,8 +173,24 @@ def train_step(task_: TrainingTask, inputs: dict[str, dict[str, Any]], workdir: 
     # the child's lines and progress reach Prefect from a thread of the relay's: training never
     # waits on the API, and survives it being down
     relay = Relay(get_run_logger(), progress_artifact=artifact)
+    target = trainjob_run.target_from_env()
     try:
-        result = train.run_training(task_, inputs, workdir, relay.line, relay.event)
+        if target is None:
+            result = train.run_training(task_, inputs, workdir, relay.line, relay.event)
+        else:
+            from prefect.runtime import flow_run
+
+            result = trainjob_run.run_as_trainjob(
+                task_,
+                inputs,
+                workdir,
+                relay.line,
+                relay.event,
+                target,
+                flow_run_id=str(flow_run.id),
+                attempt=flow_run.run_count,
+                shared=trainjob_run.shared_roots(mloc_home()),
+            )
         relay.progress(100.0)
     finally:
         relay.close()
@@ -208,10 +227,18 @@ def pipeline(task: Task, base_dir: str = ".", task_yaml_sha256: str | None = Non
     task_ = checked.task
     if not isinstance(task_, TrainingTask):  # validation refuses the types this version cannot run
         raise NotImplementedError(f"{task_.kind} tasks cannot be run by this MLOC version yet")
-    held, why_not = gpus_held_here(task_)
-    _tag_this_run(run_tags(task_, held_here=held))
-    if why_not:
-        get_run_logger().warning(why_not)
+    target = trainjob_run.target_from_env()
+    if target is not None:  # the TrainJob's nodes hold the GPUs (a held tag once they run), not this pod
+        from prefect.runtime import flow_run
+
+        _tag_this_run(run_tags(task_, trainjob=True))
+        name = trainjob_run.trainjob_name(task_, str(flow_run.id), flow_run.run_count)
+        get_run_logger().info(trainjob_run.describe(task_, name))
+    else:
+        held, why_not = gpus_held_here(task_)
+        _tag_this_run(run_tags(task_, held_here=held))
+        if why_not:
+            get_run_logger().warning(why_not)
     root = Path(base_dir).resolve()
     hardware_step(task_)  # before the download: a 7B model is 14 GB to fetch for a run that cannot start
     inputs = download_step(task_, root)

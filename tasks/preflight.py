@@ -73,9 +73,17 @@ def check_columns(task: TrainingTask, columns: list[str]) -> list[str]:
     return problems
 
 
-def hardware(task: TrainingTask) -> list[str]:
+def hardware(task: TrainingTask, *, nodes_elsewhere: bool = False) -> list[str]:
     """What the task asks of this worker's hardware, checked before anything is downloaded (a
-    7B model is 14 GB): raises PreflightError listing every problem; returns notes."""
+    7B model is 14 GB): raises PreflightError listing every problem; returns notes.
+
+    ``nodes_elsewhere``: the training runs on nodes of its own (a Kubeflow TrainJob), each with the
+    task's ``gpu.count`` GPUs, which its pool guarantees a node can offer; this worker only
+    orchestrates (and evaluates). Its GPUs are then not asked for here, and what needs CUDA
+    (QLoRA, vLLM) is refused only where the nodes have no GPU either.
+    """
+    if nodes_elsewhere:
+        return _hardware_of_nodes(task)
     from tasks.evaluate import BackendError, choose_backend
     from tasks.modeling import HardwareError, cuda_available, cuda_device_count, quantization_config
 
@@ -114,6 +122,33 @@ def hardware(task: TrainingTask) -> list[str]:
     if replicas > 1:
         notes.append(f"training runs as {replicas} torchrun nodes on this machine, meeting over loopback")
     return notes
+
+
+def _hardware_of_nodes(task: TrainingTask) -> list[str]:
+    from tasks.evaluate import BackendError, choose_backend
+    from tasks.modeling import HardwareError, quantization_config
+
+    problems: list[str] = []
+    gpu, replicas = task.spec.resources.hardware.gpu, task.spec.resources.replicas
+    if gpu.count == 0:  # CPU nodes: what needs CUDA cannot run on them any more than here
+        try:
+            quantization_config(task.spec.model.adapter)
+        except HardwareError as exc:
+            problems.append(str(exc))
+        if task.spec.hyperparameters.get("use_vllm"):
+            problems.append(
+                "hyperparameters.use_vllm generates the completions with vLLM, which needs a CUDA GPU, and the "
+                "training nodes have none (gpu.count: 0) — ask for gpu.count ≥ 1, or set use_vllm: false"
+            )
+    if task.spec.evaluation.enabled:  # the evaluations run here, on the orchestrating worker
+        try:
+            choose_backend(task.spec.evaluation.backend)
+        except BackendError as exc:
+            problems.append(str(exc))
+    if problems:
+        raise PreflightError(problems)
+    each = f"{gpu.count} × {gpu.type or 'GPU'}" if gpu.count else "no GPU"
+    return [f"hardware: the training runs on {replicas} nodes of their own ({each} each); this worker holds none"]
 
 
 def preflight(task: TrainingTask, inputs: dict[str, dict[str, Any]], base_dir: Path) -> list[str]:

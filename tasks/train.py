@@ -1,8 +1,9 @@
 """Training, common to every trainer: the child-process job, checkpoints and resuming.
 
-Parent side: :func:`run_training` starts the child and resumes from the last complete
-checkpoint when one exists. Child side: a taskType module's ``train(task, job)``
-builds its TRL trainer, hands it to :func:`report_to_parent` and ends with :func:`finish`.
+Parent side: :func:`prepare_training` reuses a completed result or builds the job, resuming
+from the last complete checkpoint when one exists; :func:`run_training` runs that job as a
+child on this machine (a Kubeflow TrainJob runs it on nodes of its own: flows/trainjob_run.py).
+Child side: a taskType module's ``train(task, job)`` builds its TRL trainer, hands it to :func:`report_to_parent` and ends with :func:`finish`.
 """
 
 from __future__ import annotations
@@ -89,15 +90,15 @@ def completed_result(task: TrainingTask, workdir: Path) -> TrainResult | None:
     return result
 
 
-def run_training(
+def prepare_training(
     task: TrainingTask,
     inputs: dict[str, dict[str, Any]],
     workdir: Path,
     on_line: Callable[[str], None],
     on_event: Callable[[dict[str, Any]], None],
-) -> TrainResult:
-    """Train in a child process, resuming from the last complete checkpoint; a training this
-    work dir already completed is not run again."""
+) -> TrainResult | TrainJob:
+    """The result of a training this work dir already completed (not run again), or the job that
+    trains it, resuming from the last complete checkpoint: what every launcher starts from."""
     done = completed_result(task, workdir)
     if done is not None:
         on_line(
@@ -114,7 +115,7 @@ def run_training(
             on_line(f"{resume.name} is the last step ({step}/{max_steps}): saving it as the result, not training again")
         else:
             on_line(f"resuming from {resume.name} (step {step}/{max_steps})")
-    job = TrainJob(
+    return TrainJob(
         task=task.model_dump(mode="json", by_alias=True),
         model_path=inputs["model"]["path"],
         dataset_path=inputs["dataset"]["path"],
@@ -124,11 +125,30 @@ def run_training(
         resume_from=str(resume) if resume else None,
         result_path=str(workdir / "train-result.json"),
     )
+
+
+def job_result(job: TrainJob) -> TrainResult:
+    """What a finished ``job`` wrote (rank 0 writes it)."""
+    return TrainResult(**json.loads(Path(job.result_path).read_text()))
+
+
+def run_training(
+    task: TrainingTask,
+    inputs: dict[str, dict[str, Any]],
+    workdir: Path,
+    on_line: Callable[[str], None],
+    on_event: Callable[[dict[str, Any]], None],
+) -> TrainResult:
+    """Train in a child process (or torchrun nodes on this machine), resuming from the last
+    complete checkpoint; a training this work dir already completed is not run again."""
+    prepared = prepare_training(task, inputs, workdir, on_line, on_event)
+    if isinstance(prepared, TrainResult):
+        return prepared
     launch = launch_for(task)
     if launch.distributed:
         on_line(f"training as {launch.describe()}")
-    run_child(job, workdir, on_line, on_event, launch)
-    return TrainResult(**json.loads(Path(job.result_path).read_text()))
+    run_child(prepared, workdir, on_line, on_event, launch)
+    return job_result(prepared)
 
 
 # --- child side -------------------------------------------------------------------------------

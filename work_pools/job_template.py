@@ -23,6 +23,7 @@ DEFAULT_CREDENTIALS_SECRET = "mloc-credentials"
 FINISHED_JOB_TTL_SECONDS = 3600
 NAMESPACE = "mloc"  # where infra/k8s gives the worker its rights
 JOB_SERVICE_ACCOUNT = "mloc-job"  # infra/k8s: no API access, no token mounted
+ORCHESTRATOR_SERVICE_ACCOUNT = "mloc-orchestrator"  # infra/k8s: may create, follow and delete TrainJobs
 RUN_AS = 1000  # the uid/gid the worker images run as (infra/docker)
 DEFAULT_SHM_SIZE = "8Gi"
 
@@ -43,8 +44,17 @@ def base_job_template(pool: PoolDefinition) -> dict[str, Any]:
     return template
 
 
+# The flow pod of a task whose training runs as a TrainJob (runs_as_trainjob) is told so, and where to
+# submit it, by these variables (flows/trainjob_run.py reads them)
+TRAIN_LAUNCHER_ENV = "MLOC_TRAIN_LAUNCHER"  # "trainjob"; unset: the training runs in the flow run's own pod
+TRAINJOB_POOL_ENV = "MLOC_TRAINJOB_POOL"  # the pool whose image and GPU settings the nodes get
+TRAINJOB_NAMESPACE_ENV = "MLOC_TRAINJOB_NAMESPACE"
+TRAINJOB_CACHE_CLAIM_ENV = "MLOC_TRAINJOB_CACHE_CLAIM"  # the claim the flow pod mounts: the nodes mount it too
+
+
 def job_variables(task: Any, pool: PoolDefinition) -> dict[str, Any]:
-    """What a deployment of ``task`` on ``pool`` sets: its resources, per replica."""
+    """What a deployment of ``task`` on ``pool`` sets: its resources, per replica, and for a training run
+    as a TrainJob (:func:`runs_as_trainjob`) the variables that tell the flow pod so."""
     if pool.kind == "process":
         return {}  # a process runs with what its machine has; nothing to request
     hardware = task.spec.resources.hardware
@@ -58,13 +68,24 @@ def job_variables(task: Any, pool: PoolDefinition) -> dict[str, Any]:
         "memory_limit": memory,
         "shm_size": shm_size(memory),
     }
+    trainjob = runs_as_trainjob(task, pool)
+    if trainjob:
+        # the one flow pod with Kubernetes API rights, and only over TrainJobs and their pods' logs
+        values["service_account_name"] = ORCHESTRATOR_SERVICE_ACCOUNT
+        values["env"] = {
+            TRAIN_LAUNCHER_ENV: "trainjob",
+            TRAINJOB_POOL_ENV: pool.name,
+            TRAINJOB_NAMESPACE_ENV: NAMESPACE,
+            # the template's cache_claim_name default; a deployment that changes one changes both
+            TRAINJOB_CACHE_CLAIM_ENV: DEFAULT_CACHE_CLAIM,
+        }
     if pool.gpu_type is not None:
-        if runs_as_trainjob(task, pool):
+        if trainjob:
             # the flow pod only orchestrates: the TrainJob's nodes (trainjob.py) hold the GPUs
             values["gpu_count"] = 0
             # CUDA images set NVIDIA_VISIBLE_DEVICES=all, with which the NVIDIA runtime hands a pod that
             # requests no GPU every GPU of its node; "void" makes it start the container as runc would
-            values["env"] = {"NVIDIA_VISIBLE_DEVICES": "void"}
+            values["env"]["NVIDIA_VISIBLE_DEVICES"] = "void"
         else:
             values["gpu_count"] = hardware.gpu.count
     return values

@@ -35,6 +35,9 @@ def test_manifests_hold_what_the_job_template_and_charts_refer_to() -> None:
         ("Role", "prefect-worker"),
         ("RoleBinding", "prefect-worker"),
         ("ServiceAccount", "mloc-job"),
+        ("ServiceAccount", "mloc-orchestrator"),
+        ("Role", "mloc-orchestrator"),
+        ("RoleBinding", "mloc-orchestrator"),
         ("PersistentVolumeClaim", "mloc-hf-cache"),
     } <= kinds
 
@@ -264,3 +267,19 @@ def test_facade_takes_its_token_and_the_database_from_secrets_by_name() -> None:
     for pool in pools():
         for secret in (server["secret"]["name"], "mloc-usage-db"):
             assert secret not in str(base_job_template(pool)), pool.name
+
+
+def test_orchestrator_role_is_bound_to_its_account_only_and_grants_no_wildcard() -> None:
+    # what it grants is checked against the calls the flow pod makes, in tests/flows/test_trainjob_e2e.py
+    role = k8s_object("Role", "mloc-orchestrator")
+    for rule in role["rules"]:
+        for field in ("apiGroups", "resources", "verbs"):
+            assert "*" not in rule[field], f"wildcard in {field}: {rule}"
+    assert _grants(role) == {
+        ("trainer.kubeflow.org", "trainjobs"): {"create", "get", "delete"},
+        ("", "pods"): {"list"},
+        ("", "pods/log"): {"get"},
+    }
+    binding = k8s_object("RoleBinding", "mloc-orchestrator")
+    assert binding["subjects"] == [{"kind": "ServiceAccount", "name": "mloc-orchestrator", "namespace": namespace()}]
+    assert k8s_object("ServiceAccount", "mloc-orchestrator")["automountServiceAccountToken"] is True

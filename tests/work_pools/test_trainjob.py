@@ -159,6 +159,9 @@ def test_the_flow_pod_only_orchestrates_when_training_runs_on_several_nodes() ->
         # without a GPU request the NVIDIA runtime would still show the CUDA image every GPU of the node
         assert env.get("NVIDIA_VISIBLE_DEVICES") == ("void" if replicas > 1 else None)
         assert env["HF_HOME"] == "/cache/huggingface"  # the deployment's env adds to the pool's
+        # only an orchestrating flow pod gets Kubernetes API rights (infra/k8s/21-orchestrator-rbac.yaml)
+        pod_spec = manifest["spec"]["template"]["spec"]
+        assert pod_spec["serviceAccountName"] == ("mloc-orchestrator" if replicas > 1 else "mloc-job")
 
 
 def test_a_cpu_task_on_two_nodes_asks_for_no_gpu() -> None:
