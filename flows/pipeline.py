@@ -157,8 +157,23 @@ def evaluate_step(
         result_path=str(workdir / f"eval-{label}.json"),
     )
     relay = Relay(logger)
+    target = trainjob_run.target_from_env()
     try:
-        run_child(job, workdir, relay.line, lambda event: None)
+        if target is None:
+            run_child(job, workdir, relay.line, lambda event: None)
+        else:  # on one of the task's nodes: this flow pod has no GPU
+            from prefect.runtime import flow_run
+
+            return trainjob_run.evaluate_as_trainjob(
+                task_,
+                job,
+                workdir,
+                relay.line,
+                target,
+                flow_run_id=str(flow_run.id),
+                attempt=flow_run.run_count,
+                shared=trainjob_run.shared_roots(mloc_home()),
+            )
     finally:
         relay.close()
     return json.loads(Path(job.result_path).read_text())

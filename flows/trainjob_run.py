@@ -43,6 +43,7 @@ from typing import TYPE_CHECKING, Any
 from uuid import UUID
 
 from tasks import train
+from tasks.jobs import EvaluateJob, TrainJob
 from tasks.launch import RANK_PREFIX, Launch, failure_message, launch_for, launcher_command, split_rank
 from tasks.runner import EVENT
 from work_pools.job_template import (
@@ -100,10 +101,11 @@ def target_from_env() -> Target | None:
     )
 
 
-def trainjob_name(task: TrainingTask, flow_run_id: str, attempt: int) -> str:
-    """``<task name>-<flow run id[:8]>-<attempt>``, the task name shortened so that the last node's
-    pod name (``<name>-node-0-<R-1>``) is a DNS label; a DNS-1035 name, as Kubeflow requires."""
-    suffix = f"-{flow_run_id.replace('-', '')[:8]}-{attempt}"
+def trainjob_name(task: TrainingTask, flow_run_id: str, attempt: int, step: str = "train") -> str:
+    """``<task name>-<flow run id[:8]>-<attempt>`` for the training (``-<step>`` added for another
+    step, e.g. ``evaluate-before``), the task name shortened so that the last node's pod name
+    (``<name>-node-0-<R-1>``) is a DNS label; a DNS-1035 name, as Kubeflow requires."""
+    suffix = f"-{flow_run_id.replace('-', '')[:8]}-{attempt}" + ("" if step == "train" else f"-{step}")
     longest_pod = len(f"-{NODE}-0-{task.spec.resources.replicas - 1}")
     base = task.metadata.name if task.metadata.name[0].isalpha() else f"mloc-{task.metadata.name}"
     base = base[: 63 - longest_pod - len(suffix)].rstrip("-")
@@ -150,6 +152,7 @@ class _Run:
     flow_run_id: str
     gpu_type: str | None
     gpus: int  # all nodes' GPUs: what the held tag counts
+    step: str = "train"  # the step's job: its log is <step>.log, as a child's on one machine
     created: bool = False
     completed: bool = False
     held_since: datetime | None = None
@@ -171,25 +174,88 @@ def run_as_trainjob(
     """Train ``task`` as a TrainJob on ``target``'s nodes and return rank 0's result; a completed
     training in ``workdir`` is reused, a checkpoint resumed, as on one machine. ``shared``: the
     folders the nodes see too (:func:`shared_roots`)."""
-    from work_pools.catalog import pool_named
-    from work_pools.trainjob import render_trainjob
-
     prepared = train.prepare_training(task, inputs, workdir, on_line, on_event)
     if isinstance(prepared, train.TrainResult):
         return prepared
-    problems = unshared_inputs(inputs, shared)
-    if task.spec.hyperparameters.get("output_dir"):
-        problems += unshared_inputs({"spec.hyperparameters.output_dir": {"path": prepared.output_dir}}, shared)
+    launch = launch_for(task)
+    name = trainjob_name(task, flow_run_id, attempt)
+    on_line(describe(task, name))
+    run_job_on_nodes(
+        task,
+        prepared,
+        workdir,
+        on_line,
+        on_event,
+        target,
+        launch=launch,
+        name=name,
+        flow_run_id=flow_run_id,
+        shared=shared,
+    )
+    return train.job_result(prepared)
+
+
+def evaluate_as_trainjob(
+    task: TrainingTask,
+    job: EvaluateJob,
+    workdir: Path,
+    on_line: Callable[[str], None],
+    target: Target,
+    *,
+    flow_run_id: str,
+    attempt: int,
+    shared: list[Path],
+) -> dict[str, Any]:
+    """Run an evaluation on one of the task's nodes (a one-node TrainJob with the GPUs of one node):
+    the orchestrating flow pod has none, and a 4-bit model cannot even load without CUDA. Returns its result."""
+    gpu = task.spec.resources.hardware.gpu
+    launch = Launch(nodes=1, procs_per_node=1, gpus_per_node=gpu.count)
+    name = trainjob_name(task, flow_run_id, attempt, job.name)
+    each = f"{gpu.count} × {gpu.type} GPU(s)" if gpu.count else "no GPU (CPU)"
+    on_line(f"{job.name} runs as Kubeflow TrainJob {name} on one node with {each}")
+    run_job_on_nodes(
+        task,
+        job,
+        workdir,
+        on_line,
+        lambda event: None,
+        target,
+        launch=launch,
+        name=name,
+        flow_run_id=flow_run_id,
+        shared=shared,
+    )
+    result: dict[str, Any] = json.loads(Path(job.result_path).read_text())
+    return result
+
+
+def run_job_on_nodes(
+    task: TrainingTask,
+    job: TrainJob | EvaluateJob,
+    workdir: Path,
+    on_line: Callable[[str], None],
+    on_event: Callable[[dict[str, Any]], None],
+    target: Target,
+    *,
+    launch: Launch,
+    name: str,
+    flow_run_id: str,
+    shared: list[Path],
+) -> None:
+    """Run a step's ``job`` as TrainJob ``name`` of ``launch``'s nodes on ``target``, following it to
+    its end and deleting it unless it completed; raises TrainJobError when it does not complete."""
+    from work_pools.catalog import pool_named
+    from work_pools.trainjob import render_trainjob
+
+    problems = unshared_inputs(_job_paths(job), shared)
     if problems:
         raise TrainJobError(
-            "the TrainJob's nodes cannot read what it needs:\n" + "\n".join(f"  - {p}" for p in problems)
+            f"the {job.name} TrainJob's nodes cannot read what it needs:\n" + "\n".join(f"  - {p}" for p in problems)
         )
     workdir.mkdir(parents=True, exist_ok=True)
-    job_path = workdir / f"{prepared.name}-job.json"
-    job_path.write_text(prepared.model_dump_json(indent=1))
-    launch = launch_for(task)
+    job_path = workdir / f"{job.name}-job.json"
+    job_path.write_text(job.model_dump_json(indent=1))
     pool = pool_named(target.pool)
-    name = trainjob_name(task, flow_run_id, attempt)
     env = [
         {"name": "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE", "value": RANK_PREFIX},
         {"name": "PYTHONSAFEPATH", "value": "1"},  # -P for the workers torchrun starts
@@ -200,26 +266,42 @@ def run_as_trainjob(
         # seconds for every node to join (600 unless set)
         {"name": "PET_RDZV_CONF", "value": f"timeout={launch.rendezvous_timeout_s}"},
     ]
+    # one process is the plain child; several are torchrun's, the same command as on one machine
+    command = (
+        launcher_command(str(job_path), python="python")
+        if launch.distributed
+        else ["python", "-P", "-m", "tasks", str(job_path)]
+    )
     manifest = render_trainjob(
         task,
         pool,
         name=name,
-        command=launcher_command(str(job_path), python="python"),
+        command=command,
         env=env,
         namespace=target.namespace,
         cache_claim=target.cache_claim,
+        nodes=launch.nodes,
+        procs_per_node=launch.procs_per_node,
     )
     gpu = task.spec.resources.hardware.gpu
     gpus = launch.nodes * gpu.count if pool.gpu_type is not None else 0
-    run = _Run(name, target.namespace, flow_run_id, gpu.type, gpus)
-    on_line(describe(task, name))
+    run = _Run(name, target.namespace, flow_run_id, gpu.type, gpus, step=job.name)
     try:
         asyncio.run(_submit_and_follow(run, manifest, task, launch, workdir, on_line, on_event))
     finally:
         # a fresh loop: a TerminationSignal (the flow pod deleted on cancellation) leaves the first one
         # stopped midway, its tasks cancelled
         asyncio.run(_clean_up(run, on_line))
-    return train.job_result(prepared)
+
+
+def _job_paths(job: TrainJob | EvaluateJob) -> dict[str, dict[str, Any]]:
+    """The paths a job's nodes read or write, by the task field they come from."""
+    paths = {"model": job.model_path, "dataset": job.dataset_path, "reward_model": job.reward_model_path}
+    if isinstance(job, TrainJob):
+        paths["spec.hyperparameters.output_dir"] = job.output_dir
+    else:
+        paths |= {"the base model": job.base_model_path, "the trained adapter": job.adapter_dir}
+    return {role: {"path": path} for role, path in paths.items() if path}
 
 
 @contextlib.asynccontextmanager
@@ -294,7 +376,7 @@ async def _submit_and_follow(
                     return
                 raise TrainJobError(await _failure(core, run, launch, pods, condition))
             if len(started) < launch.nodes and time.monotonic() > deadline:
-                raise TrainJobError(_unscheduled(run, task, pods, started))
+                raise TrainJobError(_unscheduled(run, task, launch, pods, started))
             await asyncio.sleep(POLL_S)
 
 
@@ -359,12 +441,12 @@ async def _stream_log(
     on_line: Callable[[str], None],
     on_event: Callable[[dict[str, Any]], None],
 ) -> None:
-    """Node 0's log, followed: its lines to ``on_line`` and ``<workdir>/train.log`` (as a child on one
+    """Node 0's log, followed: its lines to ``on_line`` and ``<workdir>/<step>.log`` (as a child on one
     machine writes them), rank 0's events to ``on_event``."""
-    log_path = workdir / "train.log"
+    log_path = workdir / f"{run.step}.log"
     if log_path.exists():
         ended = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(log_path.stat().st_mtime))
-        log_path.rename(workdir / f"train.{ended}.log")
+        log_path.rename(workdir / f"{run.step}.{ended}.log")
     response = await core.read_namespaced_pod_log(
         pod, run.namespace, container=NODE, follow=True, _preload_content=False
     )
@@ -417,7 +499,7 @@ async def _failure(core: Any, run: _Run, launch: Launch, pods: list[Any], condit
     # the node that failed first, not those JobSet stopped because of it (SIGTERM, then SIGKILL)
     first = min(failed)[2]
     codes = [code if node == first else None for node, code in enumerate(codes)]
-    return why + "; " + failure_message("train", launch, node_lines, codes)
+    return why + "; " + failure_message(run.step, launch, node_lines, codes)
 
 
 _STOPPED = (137, 143)  # a container killed by SIGKILL or SIGTERM
@@ -440,7 +522,7 @@ def _finished_at(pod: Any) -> datetime:
     return (terminated.finished_at if terminated is not None else None) or datetime.max.replace(tzinfo=UTC)
 
 
-def _unscheduled(run: _Run, task: TrainingTask, pods: list[Any], started: set[str]) -> str:
+def _unscheduled(run: _Run, task: TrainingTask, launch: Launch, pods: list[Any], started: set[str]) -> str:
     """Why the nodes did not all start: each waiting pod's scheduling or container reason."""
     reasons = []
     for pod in sorted(pods, key=lambda p: p.metadata.name):
@@ -461,6 +543,6 @@ def _unscheduled(run: _Run, task: TrainingTask, pods: list[Any], started: set[st
         reasons.append("no pod of it was created (is Kubeflow Trainer installed, with its torch-distributed runtime?)")
     timeout = task.spec.execution.scheduling_timeout_seconds
     return (
-        f"TrainJob {run.name}: {len(started)} of {task.spec.resources.replicas} nodes started within {timeout} s "
+        f"TrainJob {run.name}: {len(started)} of {launch.nodes} nodes started within {timeout} s "
         "(spec.execution.scheduling_timeout_seconds), so it was deleted; " + "; ".join(reasons)
     )

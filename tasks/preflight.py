@@ -77,10 +77,10 @@ def hardware(task: TrainingTask, *, nodes_elsewhere: bool = False) -> list[str]:
     """What the task asks of this worker's hardware, checked before anything is downloaded (a
     7B model is 14 GB): raises PreflightError listing every problem; returns notes.
 
-    ``nodes_elsewhere``: the training runs on nodes of its own (a Kubeflow TrainJob), each with the
-    task's ``gpu.count`` GPUs, which its pool guarantees a node can offer; this worker only
-    orchestrates (and evaluates). Its GPUs are then not asked for here, and what needs CUDA
-    (QLoRA, vLLM) is refused only where the nodes have no GPU either.
+    ``nodes_elsewhere``: the training and the evaluations run on nodes of their own (Kubeflow
+    TrainJobs), each with the task's ``gpu.count`` GPUs, which its pool guarantees a node can
+    offer; this worker only orchestrates. Its GPUs are then not asked for here, and what needs
+    CUDA (QLoRA, vLLM) is refused only where the nodes have no GPU either.
     """
     if nodes_elsewhere:
         return _hardware_of_nodes(task)
@@ -125,7 +125,6 @@ def hardware(task: TrainingTask, *, nodes_elsewhere: bool = False) -> list[str]:
 
 
 def _hardware_of_nodes(task: TrainingTask) -> list[str]:
-    from tasks.evaluate import BackendError, choose_backend
     from tasks.modeling import HardwareError, quantization_config
 
     problems: list[str] = []
@@ -140,15 +139,13 @@ def _hardware_of_nodes(task: TrainingTask) -> list[str]:
                 "hyperparameters.use_vllm generates the completions with vLLM, which needs a CUDA GPU, and the "
                 "training nodes have none (gpu.count: 0) — ask for gpu.count ≥ 1, or set use_vllm: false"
             )
-    if task.spec.evaluation.enabled:  # the evaluations run here, on the orchestrating worker
-        try:
-            choose_backend(task.spec.evaluation.backend)
-        except BackendError as exc:
-            problems.append(str(exc))
     if problems:
         raise PreflightError(problems)
     each = f"{gpu.count} × {gpu.type or 'GPU'}" if gpu.count else "no GPU"
-    return [f"hardware: the training runs on {replicas} nodes of their own ({each} each); this worker holds none"]
+    return [
+        f"hardware: the training runs on {replicas} nodes of their own ({each} each), each evaluation on one "
+        "such node; this worker holds none"
+    ]
 
 
 def preflight(task: TrainingTask, inputs: dict[str, dict[str, Any]], base_dir: Path) -> list[str]:

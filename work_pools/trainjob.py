@@ -66,8 +66,13 @@ def render_trainjob(
     namespace: str = NAMESPACE,
     cache_claim: str = DEFAULT_CACHE_CLAIM,
     env_from: list[dict[str, Any]] | None = None,
+    nodes: int | None = None,
+    procs_per_node: int | None = None,
 ) -> dict[str, Any]:
     """The TrainJob manifest (a plain dict, as kubectl takes it) that trains ``task`` on ``pool``'s nodes.
+
+    ``nodes`` and ``procs_per_node`` default to the task's replicas and ``max(gpu.count, 1)``; a
+    step that runs on one of the task's nodes (an evaluation) gives 1 and 1.
 
     ``command`` is what each node runs (torchrun, which reads Kubeflow's PET_* variables); ``env`` adds
     to HF_HOME and MLOC_HOME, and an entry of the same name wins. ``env_from`` takes the pool
@@ -77,10 +82,11 @@ def render_trainjob(
     """
     if pool.kind != "kubernetes":
         raise ValueError(f"pool '{pool.name}' runs flow runs as processes — a TrainJob needs a kubernetes pool")
-    replicas = task.spec.resources.replicas
+    replicas = task.spec.resources.replicas if nodes is None else nodes
     _check_name(name, replicas)
     hardware = task.spec.resources.hardware
     gpus = hardware.gpu.count if pool.gpu_type is not None else 0
+    procs = max(gpus, 1) if procs_per_node is None else procs_per_node
     memory = str(hardware.memory)
     quantities: dict[str, Any] = {"cpu": str(hardware.cpu), "memory": memory}
     if pool.gpu_type is not None:
@@ -117,7 +123,7 @@ def render_trainjob(
                 "command": list(command),
                 "numNodes": replicas,
                 # a CPU-only node runs one process: torchrun's gloo backend, one rank per node
-                "numProcPerNode": max(gpus, 1),
+                "numProcPerNode": procs,
                 # limits equal to requests: Guaranteed QoS, as for the pool's Job pods
                 "resourcesPerNode": {"requests": dict(quantities), "limits": dict(quantities)},
                 "env": _merged_env(

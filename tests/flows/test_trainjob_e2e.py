@@ -119,7 +119,16 @@ def test_two_nodes_train_as_a_trainjob(
     state = run_as_trainjob(task, monkeypatch, shared_sources(tmp_path))
     assert state.is_completed(), state.message
 
-    [trainjob] = cluster.created
+    # the evaluations run on one of the task's nodes too (the flow pod has no GPU): three TrainJobs
+    before, trainjob, after = cluster.created
+    assert before["metadata"]["name"] == trainjob["metadata"]["name"] + "-evaluate-before"
+    assert after["metadata"]["name"] == trainjob["metadata"]["name"] + "-evaluate-after"
+    for evaluation in (before, after):
+        evaluating = evaluation["spec"]["trainer"]
+        assert (evaluating["numNodes"], evaluating["numProcPerNode"]) == (1, 1)
+        assert evaluating["command"][:4] == ["python", "-P", "-m", "tasks"]
+    metrics = state.result()["metrics"]
+    assert metrics["eval_loss"] < 0.8 * metrics["eval_loss_before"], metrics
     trainer = trainjob["spec"]["trainer"]
     assert trainer["numNodes"] == 2 and trainer["numProcPerNode"] == 1
     assert trainer["command"][:4] == ["python", "-P", "-m", "torch.distributed.run"]
@@ -133,10 +142,12 @@ def test_two_nodes_train_as_a_trainjob(
     logs = task_run_logs(train_run.id)
     assert any("step 60/60" in line for line in logs), logs[-20:]
     assert any("world size 2" in line for line in logs), "the two nodes did not train as one"
-    # the flow pod held no GPU itself; the nodes' 2 × 1 GPU are one closed held interval
+    # the flow pod held no GPU itself; the nodes' GPUs are closed held intervals, one per TrainJob:
+    # one node's 1 GPU for each evaluation, 2 × 1 for the training
     assert {"gpu:none", "gpu-count:0", "replicas:1"} <= set(flow_run.tags)
-    [[_, gpu_type, gpus, start, end]] = held_tags(flow_run.tags)
-    assert (gpu_type, gpus) == ("any", "2") and end != "open" and int(start) <= int(end)
+    held = sorted(held_tags(flow_run.tags), key=lambda t: int(t[3]))
+    assert [(t[1], t[2]) for t in held] == [("any", "1"), ("any", "2"), ("any", "1")], held
+    assert all(end != "open" and int(start) <= int(end) for _, _, _, start, end in held)
     name = trainjob["metadata"]["name"]
     assert any(f"TrainJob {name} of 2 nodes × 1 × any GPU(s)" in line for line in flow_run_logs(flow_run.id))
     assert state.result()["training"]["global_step"] == 60

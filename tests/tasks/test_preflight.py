@@ -168,3 +168,20 @@ def test_module_names_come_from_the_safetensors_header() -> None:
     names = weight_names(MODEL)
     assert names and any(n.endswith("self_attn.q_proj.weight") for n in names)
     assert missing_target_modules(["q_proj", "mlp.down_proj", "nope"], names) == ["nope"]
+
+
+def test_a_task_whose_nodes_run_elsewhere_needs_no_gpu_here() -> None:
+    # a TrainJob's flow pod orchestrates: the GPUs, QLoRA's CUDA and vLLM are the nodes' business
+    # (validation already refuses QLoRA and a vllm backend on a task without GPUs)
+    on_gpu_nodes = quickstart_task(
+        {
+            "spec.resources.replicas": 2,
+            "spec.resources.hardware.gpu": {"type": "nvidia-a100-80gb", "count": 4},
+            "spec.model.adapter.type": "qlora",
+            "spec.evaluation.backend": "vllm",
+        }
+    )
+    [note] = hardware(on_gpu_nodes, nodes_elsewhere=True)
+    assert note.startswith("hardware: the training runs on 2 nodes of their own (4 × nvidia-a100-80gb each)")
+    with pytest.raises(PreflightError):  # on this CPU machine itself the same task cannot run
+        hardware(on_gpu_nodes)
