@@ -49,6 +49,8 @@ from tasks.runner import EVENT
 from work_pools.job_template import (
     DEFAULT_CACHE_CLAIM,
     NAMESPACE,
+    POD_NAME_ENV,
+    POD_UID_ENV,
     TRAIN_LAUNCHER_ENV,
     TRAINJOB_CACHE_CLAIM_ENV,
     TRAINJOB_NAMESPACE_ENV,
@@ -283,6 +285,9 @@ def run_job_on_nodes(
         nodes=launch.nodes,
         procs_per_node=launch.procs_per_node,
     )
+    owner = _owner_reference()
+    if owner is not None:  # deleted with this pod even when the pod cannot clean up (SIGKILL, its node lost)
+        manifest["metadata"]["ownerReferences"] = [owner]
     gpu = task.spec.resources.hardware.gpu
     gpus = launch.nodes * gpu.count if pool.gpu_type is not None else 0
     run = _Run(name, target.namespace, flow_run_id, gpu.type, gpus, step=job.name)
@@ -292,6 +297,15 @@ def run_job_on_nodes(
         # a fresh loop: a TerminationSignal (the flow pod deleted on cancellation) leaves the first one
         # stopped midway, its tasks cancelled
         asyncio.run(_clean_up(run, on_line))
+
+
+def _owner_reference() -> dict[str, Any] | None:
+    """This flow pod as the owner of what it submits (its name and uid from the downward API,
+    job_template.POD_NAME_ENV / POD_UID_ENV); None outside such a pod."""
+    name, uid = os.environ.get(POD_NAME_ENV), os.environ.get(POD_UID_ENV)
+    if not (name and uid):
+        return None
+    return {"apiVersion": "v1", "kind": "Pod", "name": name, "uid": uid}
 
 
 def _job_paths(job: TrainJob | EvaluateJob) -> dict[str, dict[str, Any]]:

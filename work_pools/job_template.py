@@ -24,6 +24,12 @@ FINISHED_JOB_TTL_SECONDS = 3600
 NAMESPACE = "mloc"  # where infra/k8s gives the worker its rights
 JOB_SERVICE_ACCOUNT = "mloc-job"  # infra/k8s: no API access, no token mounted
 ORCHESTRATOR_SERVICE_ACCOUNT = "mloc-orchestrator"  # infra/k8s: may create, follow and delete TrainJobs
+# what the flow pod of a multi-node task asks for: it orchestrates, downloads into the shared cache and
+# reads the dataset's first rows; the training and evaluations run on the TrainJobs' nodes
+ORCHESTRATOR_CPU, ORCHESTRATOR_MEMORY = "2", "8Gi"
+# the flow pod's own name and uid (the downward API): a TrainJob it submits is owned by it, so that
+# Kubernetes deletes the TrainJob with the pod even when the pod could not clean up (killed, its node lost)
+POD_NAME_ENV, POD_UID_ENV = "MLOC_POD_NAME", "MLOC_POD_UID"
 RUN_AS = 1000  # the uid/gid the worker images run as (infra/docker)
 DEFAULT_SHM_SIZE = "8Gi"
 
@@ -72,6 +78,14 @@ def job_variables(task: Any, pool: PoolDefinition) -> dict[str, Any]:
     if trainjob:
         # the one flow pod with Kubernetes API rights, and only over TrainJobs and their pods' logs
         values["service_account_name"] = ORCHESTRATOR_SERVICE_ACCOUNT
+        # an orchestrator's size, not a node's: the task's cpu and memory are what each TrainJob node gets
+        values |= {
+            "cpu_request": ORCHESTRATOR_CPU,
+            "cpu_limit": ORCHESTRATOR_CPU,
+            "memory_request": ORCHESTRATOR_MEMORY,
+            "memory_limit": ORCHESTRATOR_MEMORY,
+            "shm_size": shm_size(ORCHESTRATOR_MEMORY),
+        }
         values["env"] = {
             TRAIN_LAUNCHER_ENV: "trainjob",
             TRAINJOB_POOL_ENV: pool.name,
@@ -193,7 +207,12 @@ def _add_volumes_and_env(template: dict[str, Any]) -> None:
     # A list, not Prefect's "{{ env }}" placeholder: prefect-kubernetes puts the `env` job variable in
     # front of these and drops any of them a deployment sets itself, so a deployment's env adds to them
     # instead of replacing them.
-    container["env"] = [*cache_env(), {"name": "PREFECT_LOGGING_EXTRA_LOGGERS", "value": "tasks"}]
+    container["env"] = [
+        *cache_env(),
+        {"name": "PREFECT_LOGGING_EXTRA_LOGGERS", "value": "tasks"},
+        {"name": POD_NAME_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.name"}}},
+        {"name": POD_UID_ENV, "valueFrom": {"fieldRef": {"fieldPath": "metadata.uid"}}},
+    ]
     # credentials reach the pod only as references to Kubernetes Secrets: envFrom cannot carry a value
     container["envFrom"] = "{{ env_from }}"
     variables["shm_size"] = {

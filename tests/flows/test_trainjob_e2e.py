@@ -116,8 +116,19 @@ def test_two_nodes_train_as_a_trainjob(
     prefect_server: None, cluster: FakeKubernetes, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     task = quickstart({**TWO_NODES, "spec.output.destination": {"type": "local", "path": str(tmp_path / "out")}})
+    # the flow pod's name and uid, as the downward API gives them (work_pools/job_template.py)
+    monkeypatch.setenv("MLOC_POD_NAME", "quickstart-flow-pod")
+    monkeypatch.setenv("MLOC_POD_UID", "0b7e1c3e-5f7a-4c1e-9d2b-6a1f0e9c8d7b")
     state = run_as_trainjob(task, monkeypatch, shared_sources(tmp_path))
     assert state.is_completed(), state.message
+    # each TrainJob is owned by the flow pod: Kubernetes deletes it with the pod, however the pod ends
+    owner = {
+        "apiVersion": "v1",
+        "kind": "Pod",
+        "name": "quickstart-flow-pod",
+        "uid": "0b7e1c3e-5f7a-4c1e-9d2b-6a1f0e9c8d7b",
+    }
+    assert all(t["metadata"]["ownerReferences"] == [owner] for t in cluster.created)
 
     # the evaluations run on one of the task's nodes too (the flow pod has no GPU): three TrainJobs
     before, trainjob, after = cluster.created

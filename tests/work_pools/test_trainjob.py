@@ -153,9 +153,14 @@ def test_the_flow_pod_only_orchestrates_when_training_runs_on_several_nodes() ->
         manifest = render(pool, job_variables(task, pool))
         validate(manifest)
         [container] = manifest["spec"]["template"]["spec"]["containers"]
-        expected = {"cpu": "8", "memory": "64Gi", "nvidia.com/gpu": gpus}
+        # an orchestrator's size when the nodes train; the task's own when this pod trains
+        expected = {"cpu": "2", "memory": "8Gi"} if replicas > 1 else {"cpu": "8", "memory": "64Gi"}
+        expected["nvidia.com/gpu"] = gpus
         assert container["resources"] == {"requests": expected, "limits": expected}
         env = {e["name"]: e.get("value") for e in container["env"]}
+        # its own name and uid (the downward API): what it submits is owned by it
+        refs = {e["name"]: e["valueFrom"]["fieldRef"]["fieldPath"] for e in container["env"] if "valueFrom" in e}
+        assert refs == {"MLOC_POD_NAME": "metadata.name", "MLOC_POD_UID": "metadata.uid"}
         # without a GPU request the NVIDIA runtime would still show the CUDA image every GPU of the node
         assert env.get("NVIDIA_VISIBLE_DEVICES") == ("void" if replicas > 1 else None)
         assert env["HF_HOME"] == "/cache/huggingface"  # the deployment's env adds to the pool's
