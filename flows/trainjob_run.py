@@ -33,6 +33,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import json
+import math
 import os
 import time
 from collections.abc import AsyncIterator, Callable
@@ -456,29 +457,81 @@ async def _stream_log(
     on_event: Callable[[dict[str, Any]], None],
 ) -> None:
     """Node 0's log, followed: its lines to ``on_line`` and ``<workdir>/<step>.log`` (as a child on one
-    machine writes them), rank 0's events to ``on_event``."""
+    machine writes them), rank 0's events to ``on_event``.
+
+    A stream that ends while the container still runs (the API server or kubelet dropped it) is
+    followed again from where it stopped: lines carry the API's timestamps, the new stream starts a
+    little before the last one seen, and what was already delivered is skipped. The log is complete
+    when a new stream brings nothing new.
+    """
+    from kubernetes_asyncio.client.exceptions import ApiException
+
     log_path = workdir / f"{run.step}.log"
     if log_path.exists():
         ended = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(log_path.stat().st_mtime))
         log_path.rename(workdir / f"{run.step}.{ended}.log")
-    response = await core.read_namespaced_pod_log(
-        pod, run.namespace, container=NODE, follow=True, _preload_content=False
-    )
+    last: str | None = None  # the newest timestamp delivered, normalised (_stamp_key)
+    at_last = 0  # how many delivered lines carry it
     with open(log_path, "w") as log:
-        try:
-            async for raw in response.content:
-                line = raw.decode(errors="replace").rstrip("\r\n")
-                rank, text = split_rank(line)
-                if text.startswith(EVENT):
-                    if rank in (None, 0):
-                        with contextlib.suppress(ValueError):
-                            on_event(json.loads(text[len(EVENT) :]))
-                    continue
-                log.write(line + "\n")
-                log.flush()
-                on_line(line)
-        finally:
-            response.release()
+        for attempt in range(MAX_LOG_STREAMS):
+            if attempt:
+                await asyncio.sleep(1.0)
+            since = {} if last is None else {"since_seconds": max(1, math.ceil(time.time() - _stamp_epoch(last)) + 2)}
+            try:
+                response = await core.read_namespaced_pod_log(
+                    pod, run.namespace, container=NODE, follow=True, timestamps=True, _preload_content=False, **since
+                )
+            except ApiException:  # the pod is gone: what it printed was delivered
+                return
+            fresh, repeated = 0, 0
+            try:
+                async for raw in response.content:
+                    stamp, _, line = raw.decode(errors="replace").rstrip("\r\n").partition(" ")
+                    key = _stamp_key(stamp)
+                    if last is not None and key < last:
+                        continue
+                    if key == last:
+                        repeated += 1
+                        if repeated <= at_last:
+                            continue
+                        at_last += 1
+                    else:
+                        last, at_last = key, 1
+                    fresh += 1
+                    _deliver(line, log, on_line, on_event)
+            finally:
+                response.release()
+            if fresh == 0 and last is not None:
+                return
+            if attempt:
+                on_line(f"(node 0's log stream was cut and followed again: {fresh} line(s) recovered)")
+
+
+MAX_LOG_STREAMS = 50  # streams of one pod's log: the first, and re-follows after it was cut
+
+
+def _deliver(line: str, log: Any, on_line: Callable[[str], None], on_event: Callable[[dict[str, Any]], None]) -> None:
+    rank, text = split_rank(line)
+    if text.startswith(EVENT):
+        if rank in (None, 0):
+            with contextlib.suppress(ValueError):
+                on_event(json.loads(text[len(EVENT) :]))
+        return
+    log.write(line + "\n")
+    log.flush()
+    on_line(line)
+
+
+def _stamp_key(stamp: str) -> str:
+    """An RFC 3339 timestamp of the API's ("2026-12-02T03:47:00.123456789Z") as a string that sorts
+    in time order: its fraction padded to nanoseconds."""
+    seconds, _, fraction = stamp.rstrip("Z").partition(".")
+    return f"{seconds}.{fraction.ljust(9, '0')[:9]}"
+
+
+def _stamp_epoch(key: str) -> float:
+    seconds = datetime.strptime(key.split(".")[0], "%Y-%m-%dT%H:%M:%S").replace(tzinfo=UTC)
+    return seconds.timestamp()
 
 
 async def _drain(log_task: asyncio.Task[None] | None) -> None:

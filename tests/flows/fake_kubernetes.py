@@ -19,6 +19,7 @@ Modes: ``unschedulable`` leaves the pods Pending with PodScheduled=False, reason
 
 from __future__ import annotations
 
+import calendar
 import json
 import os
 import re
@@ -27,6 +28,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 from pathlib import Path
 from typing import Any
@@ -40,6 +42,11 @@ POD_LOG = re.compile(r"^/api/v1/namespaces/([^/]+)/pods/([^/]+)/log$")
 UNSCHEDULABLE = "0/3 nodes are available: 3 Insufficient nvidia.com/gpu. preemption: 0/3 nodes are available."
 
 
+def _stamp_ns(stamp: str) -> int:
+    seconds, _, fraction = stamp.rstrip("Z").partition(".")
+    return int(calendar.timegm(time.strptime(seconds, "%Y-%m-%dT%H:%M:%S"))) * 10**9 + int(fraction.ljust(9, "0"))
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -50,6 +57,7 @@ class _Pod:
     def __init__(self, name: str, labels: dict[str, str], proc: subprocess.Popen[str] | None) -> None:
         self.name, self.labels, self.proc = name, labels, proc
         self.lines: list[str] = []
+        self.stamps: list[str] = []  # when each line came, as the API's timestamps=true gives it
         self.done = threading.Event()  # its output is all read
         self.finished_at = ""
         self.changed = threading.Condition()
@@ -62,6 +70,10 @@ class _Pod:
         assert self.proc is not None and self.proc.stdout is not None
         for raw in self.proc.stdout:
             with self.changed:
+                now = time.time_ns()
+                self.stamps.append(
+                    time.strftime("%Y-%m-%dT%H:%M:%S", time.gmtime(now // 10**9)) + f".{now % 10**9:09d}Z"
+                )
                 self.lines.append(raw.rstrip("\n"))
                 self.changed.notify_all()
         self.proc.wait()
@@ -120,6 +132,9 @@ class FakeKubernetes:
     def __init__(self, workdir: Path, mounts: dict[str, Path]) -> None:
         self.workdir, self.mounts = workdir, mounts
         self.mode = "run"  # or "unschedulable"
+        # how many lines of a pod's first followed log stream go out before the connection drops (None: all)
+        self.cut_log: Callable[[str], int | None] = lambda pod: None
+        self._cut: set[str] = set()
         self.commands: dict[int, list[str]] = {}  # node -> command replacing the TrainJob's
         self.created: list[dict[str, Any]] = []  # every TrainJob posted, as posted
         self.deleted: list[str] = []
@@ -312,11 +327,28 @@ class FakeKubernetes:
             if not found:
                 return self._not_found(handler, f"pods {match.group(2)}")
             return self._log(
-                handler, found[0], follow=query.get("follow", "").lower() == "true", tail=query.get("tailLines")
+                handler,
+                found[0],
+                follow=query.get("follow", "").lower() == "true",
+                tail=query.get("tailLines"),
+                timestamps=query.get("timestamps", "").lower() == "true",
+                since=int(query["sinceSeconds"]) if "sinceSeconds" in query else None,
             )
         self._not_found(handler, url.path)
 
-    def _log(self, handler: BaseHTTPRequestHandler, pod: _Pod, *, follow: bool, tail: str | None) -> None:
+    def _log(
+        self,
+        handler: BaseHTTPRequestHandler,
+        pod: _Pod,
+        *,
+        follow: bool,
+        tail: str | None,
+        timestamps: bool = False,
+        since: int | None = None,
+    ) -> None:
+        def shown(index: int) -> str:
+            return f"{pod.stamps[index]} {pod.lines[index]}" if timestamps else pod.lines[index]
+
         if not follow:
             lines = pod.lines[-int(tail) :] if tail else pod.lines
             data = "".join(line + "\n" for line in lines).encode()
@@ -332,15 +364,30 @@ class FakeKubernetes:
         handler.send_header("Connection", "close")
         handler.end_headers()
         sent = 0
+        if since is not None:  # the lines of the last `since` seconds, as the API gives them
+            cutoff = time.time_ns() - since * 10**9
+            with pod.changed:
+                stamps = list(pod.stamps)
+            sent = next((i for i, stamp in enumerate(stamps) if _stamp_ns(stamp) >= cutoff), len(stamps))
+        cut = None if pod.name in self._cut else self.cut_log(pod.name)  # the first followed stream only
+        self._cut.add(pod.name)
+        streamed = 0
         while True:
             with pod.changed:
                 while sent == len(pod.lines) and not pod.done.is_set():
                     pod.changed.wait(timeout=1.0)
-                fresh, finished = pod.lines[sent:], pod.done.is_set() and sent + len(pod.lines[sent:]) == len(pod.lines)
+                end = len(pod.lines)
+                finished = pod.done.is_set()
+            fresh = [shown(i) for i in range(sent, end)]
+            if cut is not None and streamed + len(fresh) >= cut:  # the connection dropped mid-run
+                for line in fresh[: cut - streamed]:
+                    handler.wfile.write((line + "\n").encode())
+                handler.wfile.flush()
+                break
             for line in fresh:
                 handler.wfile.write((line + "\n").encode())
             handler.wfile.flush()
-            sent += len(fresh)
+            sent, streamed = end, streamed + len(fresh)
             if finished:
                 break
             time.sleep(0.05)

@@ -119,6 +119,8 @@ def test_two_nodes_train_as_a_trainjob(
     # the flow pod's name and uid, as the downward API gives them (work_pools/job_template.py)
     monkeypatch.setenv("MLOC_POD_NAME", "quickstart-flow-pod")
     monkeypatch.setenv("MLOC_POD_UID", "0b7e1c3e-5f7a-4c1e-9d2b-6a1f0e9c8d7b")
+    # the API drops the training's log stream mid-run, as API servers and kubelets do
+    cluster.cut_log = lambda pod: 12 if "evaluate" not in pod else None
     state = run_as_trainjob(task, monkeypatch, shared_sources(tmp_path))
     assert state.is_completed(), state.message
     # each TrainJob is owned by the flow pod: Kubernetes deletes it with the pod, however the pod ends
@@ -152,6 +154,10 @@ def test_two_nodes_train_as_a_trainjob(
     [train_run] = [r for r in task_runs if r.name == "train"]
     logs = task_run_logs(train_run.id)
     assert any("step 60/60" in line for line in logs), logs[-20:]
+    # followed again from where it was cut: every line once, none lost
+    assert any("log stream was cut and followed again" in line for line in logs)
+    steps = [line for line in logs if line.startswith("[rank0]: step ") and "loss" in line and "train_loss" not in line]
+    assert [int(line.split()[2].split("/")[0]) for line in steps] == list(range(5, 61, 5)), steps
     assert any("world size 2" in line for line in logs), "the two nodes did not train as one"
     # the flow pod held no GPU itself; the nodes' GPUs are closed held intervals, one per TrainJob:
     # one node's 1 GPU for each evaluation, 2 × 1 for the training
