@@ -45,7 +45,16 @@ from uuid import UUID
 
 from tasks import train
 from tasks.jobs import EvaluateJob, TrainJob
-from tasks.launch import RANK_PREFIX, Launch, failure_message, launch_for, launcher_command, split_rank
+from tasks.launch import (
+    CHILD_ENV,
+    LAUNCHER_ENV,
+    Launch,
+    child_command,
+    failure_message,
+    launch_for,
+    launcher_command,
+    split_rank,
+)
 from tasks.runner import EVENT
 from work_pools.job_template import (
     DEFAULT_CACHE_CLAIM,
@@ -259,22 +268,16 @@ def run_job_on_nodes(
     job_path = workdir / f"{job.name}-job.json"
     job_path.write_text(job.model_dump_json(indent=1))
     pool = pool_named(target.pool)
-    env = [
-        {"name": "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE", "value": RANK_PREFIX},
-        {"name": "PYTHONSAFEPATH", "value": "1"},  # -P for the workers torchrun starts
-        {"name": "PYTHONUNBUFFERED", "value": "1"},
-        {"name": "TQDM_DISABLE", "value": "1"},
-        {"name": "TOKENIZERS_PARALLELISM", "value": "false"},
+    variables = {
+        **LAUNCHER_ENV,
+        **CHILD_ENV,
         # PET_MASTER_ADDR/PORT make torchrun use its static rendezvous, whose TCPStore waits `timeout`
         # seconds for every node to join (600 unless set)
-        {"name": "PET_RDZV_CONF", "value": f"timeout={launch.rendezvous_timeout_s}"},
-    ]
+        "PET_RDZV_CONF": f"timeout={launch.rendezvous_timeout_s}",
+    }
+    env = [{"name": name, "value": value} for name, value in variables.items()]
     # one process is the plain child; several are torchrun's, the same command as on one machine
-    command = (
-        launcher_command(str(job_path), python="python")
-        if launch.distributed
-        else ["python", "-P", "-m", "tasks", str(job_path)]
-    )
+    command = (launcher_command if launch.distributed else child_command)(str(job_path), python="python")
     manifest = render_trainjob(
         task,
         pool,

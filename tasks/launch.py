@@ -31,6 +31,10 @@ if TYPE_CHECKING:
 
 DEFAULT_RENDEZVOUS_TIMEOUT_S = 600  # torchrun's own default join timeout
 RANK_PREFIX = "[rank${rank}]: "  # torchrun's log-line prefix template
+# what every step child runs with, wherever it runs: lines as they are printed, no progress bars
+CHILD_ENV = {"PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
+# and under torchrun: each rank's lines prefixed with it, -P for the workers it starts
+LAUNCHER_ENV = {"TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE": RANK_PREFIX, "PYTHONSAFEPATH": "1"}
 _RANK_LINE = re.compile(r"^\[rank(\d+)\]: ?(.*)$")
 # torchrun's failure summary: "rank      : 1 (local_rank: 0)" then "exitcode  : -9 (pid: 123)"
 _FAILED_RANK = re.compile(r"^\s*rank\s*:\s*(\d+) \(local_rank: (\d+)\)")
@@ -98,11 +102,11 @@ def launcher_command(job_path: str, *, python: str | None = None) -> list[str]:
     ]
 
 
-def child_command(job_path: str) -> list[str]:
+def child_command(job_path: str, *, python: str | None = None) -> list[str]:
     """The command of a plain (one process) child."""
     # -P: `-m` would put the working directory first on sys.path, and a user's folder named
     # configs/ or tasks/ (the natural names for task files) would then shadow MLOC's own code
-    return [sys.executable, "-P", "-m", "tasks", job_path]
+    return [python or sys.executable, "-P", "-m", "tasks", job_path]
 
 
 def free_port() -> int:
@@ -123,8 +127,7 @@ def local_node_env(launch: Launch, node: int, *, endpoint: str, run_id: str, vis
         "PET_RDZV_ID": run_id,
         "PET_RDZV_CONF": f"join_timeout={launch.rendezvous_timeout_s}",
         "PET_MONITOR_INTERVAL": "0.5",
-        "TORCHELASTIC_LOG_LINE_PREFIX_TEMPLATE": RANK_PREFIX,
-        "PYTHONSAFEPATH": "1",  # -P for the workers torchrun starts
+        **LAUNCHER_ENV,
     }
     if launch.gpus_per_node:
         share = visible[node * launch.gpus_per_node : (node + 1) * launch.gpus_per_node]

@@ -25,7 +25,7 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any, Protocol
 
-from tasks.launch import Launch, child_command, free_port, launcher_command, local_node_env, split_rank
+from tasks.launch import CHILD_ENV, Launch, child_command, free_port, launcher_command, local_node_env, split_rank
 
 EVENT = "@@mloc-event "
 
@@ -71,8 +71,9 @@ def run_child(
     workdir.mkdir(parents=True, exist_ok=True)
     job_path = workdir / f"{step}-job.json"
     job_path.write_text(job.model_dump_json(indent=1))
-    env = {**os.environ, "PYTHONUNBUFFERED": "1", "TQDM_DISABLE": "1", "TOKENIZERS_PARALLELISM": "false"}
-    if launch is not None and launch.distributed:
+    env = {**os.environ, **CHILD_ENV}
+    distributed = launch is not None and launch.distributed
+    if launch is not None and distributed:
         endpoint, run_id = f"127.0.0.1:{free_port()}", uuid.uuid4().hex[:12]
         visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d] or [
             str(i) for i in range(launch.nodes * launch.gpus_per_node)
@@ -128,12 +129,11 @@ def run_child(
             _stop(proc)
         pid_file.unlink(missing_ok=True)
     if any(codes):
-        if len(procs) == 1 and not (launch is not None and launch.distributed):
-            code = codes[0] or 0
-            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
-            raise ChildError(f"the {step} process {how}; its last lines:\n" + "\n".join(node_lines[0][-15:]))
-        assert launch is not None
-        raise ChildError(failure_message(step, launch, node_lines, codes))
+        if launch is not None and distributed:
+            raise ChildError(failure_message(step, launch, node_lines, codes))
+        code = codes[0] or 0
+        how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+        raise ChildError(f"the {step} process {how}; its last lines:\n" + "\n".join(node_lines[0][-15:]))
 
 
 def _start(command: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
