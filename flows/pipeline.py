@@ -125,7 +125,9 @@ def hardware_step(task_: TrainingTask) -> None:
         get_run_logger().info(note)
 
 
-@task(name="preflight", task_run_name="preflight", cache_policy=NO_CACHE)
+# log_prints off: the flow's print capture would take the stdout that datasets' hashing (dill)
+# captures for itself, and log pages of bytecode disassembly
+@task(name="preflight", task_run_name="preflight", cache_policy=NO_CACHE, log_prints=False)
 def preflight_step(task_: TrainingTask, inputs: dict[str, dict[str, Any]], base_dir: Path) -> None:
     for note in preflight.preflight(task_, inputs, base_dir):
         get_run_logger().info(note)

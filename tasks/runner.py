@@ -13,6 +13,7 @@ which sends events with :func:`emit`.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import os
 import queue
@@ -156,13 +157,40 @@ def _read(proc: subprocess.Popen[str], node: int, lines: queue.Queue[tuple[int, 
 
 
 def _stop(proc: subprocess.Popen[str]) -> None:
+    """Stop a child and everything it started. torchrun starts each rank in a session of its
+    own, out of reach of the group's signal: it stops them itself on SIGTERM, and whatever is
+    still alive once it has exited (or been killed) is killed here."""
     if proc.poll() is not None:
         return
+    started = _descendants(proc.pid)
     try:
         os.killpg(proc.pid, signal.SIGTERM)
         proc.wait(timeout=20)
     except subprocess.TimeoutExpired:
+        started |= _descendants(proc.pid)
         os.killpg(proc.pid, signal.SIGKILL)
         proc.wait()
     except ProcessLookupError:
         pass
+    for pid in started:
+        with contextlib.suppress(ProcessLookupError, PermissionError):
+            os.kill(pid, signal.SIGKILL)
+
+
+def _descendants(root: int) -> set[int]:
+    """The PIDs below ``root`` in the process tree (from /proc; none where there is no /proc)."""
+    parents: dict[int, list[int]] = {}
+    for entry in Path("/proc").glob("[0-9]*"):
+        try:
+            stat = (entry / "stat").read_text()
+        except OSError:
+            continue
+        ppid = int(stat[stat.rindex(")") + 2 :].split()[1])
+        parents.setdefault(ppid, []).append(int(entry.name))
+    found, todo = set(), [root]
+    while todo:
+        for child in parents.get(todo.pop(), []):
+            if child not in found:
+                found.add(child)
+                todo.append(child)
+    return found

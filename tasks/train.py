@@ -238,6 +238,11 @@ def run_trainer(
     fit(trainer, job)
     check_ranks_agree(trainer)
     finish(trainer, tokenizer, task, job, model_class=loader, model_kwargs=model_kwargs)
+    if world_size() > 1:
+        # no rank leaves before rank 0's files are written, and each tears its process group
+        # down before it exits: gloo's threads, destroyed at exit, abort the process (SIGABRT)
+        trainer.accelerator.wait_for_everyone()
+        trainer.accelerator.end_training()
 
 
 def fit(trainer: Any, job: TrainJob) -> None:
