@@ -28,6 +28,7 @@ $(STAMP): pyproject.toml constraints.txt
 	$(BIN)/python -m pip install --quiet --upgrade pip
 	$(BIN)/python -m pip install --quiet -c constraints.txt $(if $(TORCH_INDEX),--index-url $(TORCH_INDEX)) torch
 	$(BIN)/python -m pip install --quiet -c constraints.txt -e ".[train,inference,dev]"
+	$(BIN)/python scripts/embedding_model.py
 	touch $(STAMP)
 
 constraints: $(STAMP)

@@ -51,6 +51,18 @@ def block_name(value: str) -> str:
     return value
 
 
+def http_url(value: str) -> str:
+    """An http(s) URL with a host, and no credentials in it (those go in a block)."""
+    from urllib.parse import urlsplit
+
+    parts = urlsplit(value)
+    if parts.scheme not in ("http", "https") or not parts.hostname:
+        raise ValueError(f"'{value}' is not an http(s) URL — write e.g. 'http://my-server:8000/v1'")
+    if parts.username or parts.password:
+        raise ValueError("holds credentials — put the key in a Prefect Secret block and name it in credentials_block")
+    return value
+
+
 def repo_id(value: str) -> str:
     if len(value) > 96 or not _REPO_ID.match(value) or "--" in value or ".." in value:
         raise ValueError(

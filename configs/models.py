@@ -145,7 +145,27 @@ class HuggingFaceDatasetSource(HuggingFaceModelSource):
     subset: str | None = Field(None, description="The dataset's configuration (subset) name, if it has several.")
 
 
+class RemoteModelSource(Model):
+    type: Literal["remote"] = Field(
+        description="An OpenAI-compatible server that already serves the model (vLLM, `transformers serve`, a "
+        "provider's API): nothing is downloaded, and this run holds no GPU for it."
+    )
+    base_url: Annotated[str, AfterValidator(checks.http_url)] = Field(
+        description="The API root, e.g. 'http://qwen-7b.serving.svc:8000/v1'."
+    )
+    model: NonEmpty = Field(description="The model name the server serves (as its /v1/models lists it).")
+    credentials_block: BlockName | None = Field(
+        None, description="Name of a Prefect Secret block holding the API key; unset sends none."
+    )
+    timeout_seconds: int = Field(
+        120, ge=1, le=3600, description="How long one request may take before it is retried (then fails)."
+    )
+
+
 ModelSource = Annotated[HuggingFaceModelSource | S3Source | LocalSource, Field(discriminator="type")]
+InferenceModelSource = Annotated[
+    HuggingFaceModelSource | S3Source | LocalSource | RemoteModelSource, Field(discriminator="type")
+]
 DatasetSource = Annotated[HuggingFaceDatasetSource | S3Source | LocalSource, Field(discriminator="type")]
 
 
@@ -218,6 +238,12 @@ Adapter = Annotated[LoraAdapter | QloraAdapter, Field(discriminator="type")]
 class ModelSpec(Model):
     source: ModelSource = Field(description="Where the base model comes from.")
     adapter: Adapter | None = Field(None, description="Train a LoRA / QLoRA adapter instead of all weights.")
+
+
+class InferenceModelSpec(Model):
+    source: InferenceModelSource = Field(
+        description="The model that answers: weights to load (huggingface, s3, local) or a remote endpoint."
+    )
 
 
 class RewardModelSpec(Model):
@@ -360,8 +386,14 @@ class Retrieval(Model):
 
 
 class Agent(Model):
-    tools: list[Literal["retriever", "calculator"]] = Field(description="Tools the agent may call.")
-    max_iterations: int = Field(5, ge=1, le=50, description="Tool calls allowed per question.")
+    tools: list[Literal["retriever", "calculator"]] = Field(
+        min_length=1,
+        description="Tools the agent may call: retriever (searches spec.retrieval's documents) and calculator "
+        "(safe arithmetic).",
+    )
+    max_iterations: int = Field(
+        5, ge=1, le=50, description="Model turns that call tools allowed per question; the agent stops after them."
+    )
 
 
 class Generation(Model):
@@ -372,8 +404,30 @@ class Generation(Model):
 
 
 class Inputs(Model):
-    source: DatasetSource = Field(description="The questions to answer.")
+    source: DatasetSource = Field(description="The questions to answer: a .jsonl file, a folder of them, or a dataset.")
     question_field: NonEmpty = Field("question", description="The column holding each question.")
+    answer_field: str | None = Field(
+        None, description="A column holding each question's reference answer: answers are scored against it."
+    )
+    document_field: str | None = Field(
+        None,
+        description="A column naming the document (its file name) that holds each answer: retrieval is scored "
+        "by hit@k against it.",
+    )
+
+
+class InferenceEvaluation(Model):
+    match: Literal["contains", "exact"] = Field(
+        "contains",
+        description="How an answer is scored against its reference (inputs.answer_field): 'contains' (the "
+        "reference appears in the answer) or 'exact' (they are equal), ignoring case, spaces and punctuation "
+        "at the ends.",
+    )
+    gates: list[Gate] = Field(
+        default_factory=list,
+        description="Quality gates on the run's metrics (`mloc task-types` lists them): the run fails, and "
+        "uploads nothing, if one is not met.",
+    )
 
 
 # --- the task ---------------------------------------------------------------------------------
@@ -452,7 +506,7 @@ class TrainingSpec(_Spec):
 
 class InferenceSpec(_Spec):
     KIND: ClassVar[str] = "InferenceTask"
-    model: ModelSpec = Field(description="The language model that answers.")
+    model: InferenceModelSpec = Field(description="The language model that answers.")
     inputs: Inputs = Field(description="The questions to answer.")
     prompt_template: Template | None = Field(
         None, description="Format string with {question} and, for retrieval, {context}."
@@ -460,6 +514,9 @@ class InferenceSpec(_Spec):
     retrieval: Retrieval | None = Field(None, description="Retrieval-augmented generation settings.")
     agent: Agent | None = Field(None, description="Agent settings: tools and limits.")
     generation: Generation = Field(default_factory=Generation, description="Decoding settings.")
+    evaluation: InferenceEvaluation = Field(
+        default_factory=InferenceEvaluation, description="How answers are scored, and quality gates."
+    )
     output: InferenceOutput = Field(description="Where results go and which ones.")
 
 

@@ -203,14 +203,7 @@ def _cross_checks(task: TrainingTask | InferenceTask, info: TaskTypeInfo | None,
             ("spec", info.requires_one_of[0]), f"is required for taskType '{info.name}' — add {wanted}", at_key=True
         )
     if isinstance(task, InferenceTask):
-        if task.spec.prompt_template is not None:
-            allowed = {"question"} | ({"context"} if task.spec.retrieval else set())
-            for name in template_fields(task.spec.prompt_template):
-                if name not in allowed:
-                    out.add(
-                        ("spec", "prompt_template"),
-                        f"placeholder '{{{name}}}' is not filled in — use {', '.join('{' + a + '}' for a in sorted(allowed))}",
-                    )
+        _inference_checks(task, info, out)
         return
     adapter = task.spec.model.adapter
     if adapter is not None and adapter.type == "qlora" and gpu.count == 0:
@@ -261,6 +254,78 @@ def _cross_checks(task: TrainingTask | InferenceTask, info: TaskTypeInfo | None,
                 ("spec", "model", "adapter", "compute_dtype"),
                 f"bfloat16 is not supported by {card.name} — set compute_dtype: float16",
             )
+
+
+def _inference_checks(task: InferenceTask, info: TaskTypeInfo | None, out: _Collector) -> None:
+    spec = task.spec
+    source = spec.model.source
+    if spec.prompt_template is not None:
+        allowed = {"question"} | ({"context"} if spec.retrieval and spec.task_type == "rag_inference" else set())
+        fields = template_fields(spec.prompt_template)
+        for name in fields:
+            if name not in allowed:
+                out.add(
+                    ("spec", "prompt_template"),
+                    f"placeholder '{{{name}}}' is not filled in — use {', '.join('{' + a + '}' for a in sorted(allowed))}",
+                )
+        for needed in sorted(allowed - set(fields)):
+            out.add(
+                ("spec", "prompt_template"),
+                f"has no {{{needed}}} placeholder — the "
+                + ("question" if needed == "question" else "retrieved chunks")
+                + " would never reach the model: add it",
+            )
+    if spec.task_type == "agent" and source.type != "remote":
+        out.add(
+            ("spec", "model", "source", "type"),
+            f"'{source.type}' loads the weights through transformers, whose chat models (ChatHuggingFace) never "
+            "parse tool calls, so an agent on them could not call a tool — use type: remote with the base_url of "
+            "an OpenAI-compatible server that does tool calling (a vLLM or ServingTask endpoint)",
+        )
+    if spec.agent is not None and "retriever" in spec.agent.tools and spec.retrieval is None:
+        out.add(
+            ("spec", "agent", "tools", spec.agent.tools.index("retriever")),
+            "'retriever' searches spec.retrieval's documents, and there is no spec.retrieval — add it, or drop the tool",
+        )
+    if spec.agent is not None and spec.task_type != "agent":
+        out.add(("spec", "agent"), f"is for taskType 'agent', not '{spec.task_type}' — remove it", at_key=True)
+    if spec.resources.replicas > 1:
+        out.add(
+            ("spec", "resources", "replicas"),
+            f"is {spec.resources.replicas} — an inference task answers its inputs on one worker; serving "
+            "replicas belong to a ServingTask: set replicas: 1",
+        )
+    gpu = spec.resources.hardware.gpu
+    if source.type == "remote" and gpu.count > 0:
+        out.add(
+            ("spec", "resources", "hardware", "gpu"),
+            "asks for GPUs, and the model is remote: it runs on its own server, and this run would hold GPUs for "
+            "nothing — remove the gpu section",
+        )
+    if info is not None:
+        for index, gate in enumerate(spec.evaluation.gates):
+            if gate.metric not in info.metric_names:
+                out.add(
+                    ("spec", "evaluation", "gates", index, "metric"),
+                    f"'{gate.metric}' is not a metric taskType '{info.name}' measures — "
+                    + choice_hint(gate.metric, info.metric_names),
+                )
+    inputs = spec.inputs
+    scored = inputs.answer_field is not None or (inputs.document_field is not None and spec.retrieval is not None)
+    artifacts = spec.output.artifacts
+    if "eval_results" in artifacts and not scored:
+        out.add(
+            ("spec", "output", "artifacts", artifacts.index("eval_results")),
+            "'eval_results' needs something to score against — set spec.inputs.answer_field (reference answers) "
+            "or spec.inputs.document_field (the document holding each answer)",
+        )
+    if spec.evaluation.gates and not scored:
+        out.add(
+            ("spec", "evaluation", "gates"),
+            "are set, and no answer is scored — set spec.inputs.answer_field or spec.inputs.document_field",
+        )
+    if inputs.document_field is not None and spec.retrieval is None:
+        out.add(("spec", "inputs", "document_field"), "scores retrieval, and there is no spec.retrieval — remove it")
 
 
 # --- entry points -----------------------------------------------------------------------------

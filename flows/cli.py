@@ -149,6 +149,18 @@ def _summary(state: State[Any]) -> None:
         typer.echo(
             f"  {role + ':':10} {got['identifier']} @ {got['revision'][:12]} ({got['downloaded_files']} file(s) downloaded)"
         )
+    if "inference" in out:  # an InferenceTask: its questions, tokens and metrics
+        usage = out["inference"]
+        typer.echo(
+            f"  answered:  {usage['questions']} question(s), {usage['input_tokens']} prompt and "
+            f"{usage['output_tokens']} answer token(s), {usage['tool_calls']} tool call(s)"
+        )
+        if out["index"] is not None:
+            how = "reused" if out["index"]["reused"] else "embedded"
+            typer.echo(f"  index:     {out['index']['chunks']} chunk(s), {how}")
+        for name, value in metrics.items():
+            typer.echo(f"  {name + ':':16} {value:.4g}")
+        return
     trained = out["training"]
     loss = trained["train_loss"]
     shown = f", train loss {loss:.4g}" if loss is not None else ""

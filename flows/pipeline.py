@@ -9,7 +9,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 import shutil
 import time
 from datetime import UTC, datetime
@@ -21,23 +20,16 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from configs import TrainingTask, validate_data
+from configs import InferenceTask, TrainingTask, validate_data
 from configs.models import Task
-from flows import report, trainjob_run
+from flows import inference, report, trainjob_run
+from flows.home import mloc_home, task_digest
 from flows.relay import Relay
 from tasks import download, gates, preflight, train, upload
+from tasks.gates import QualityGateFailed
 from tasks.registry import TASK_TYPES
 
 FLOW_NAME = "mloc"
-
-
-class QualityGateFailed(RuntimeError):
-    """A quality gate of spec.evaluation.gates was not met; nothing was uploaded."""
-
-
-def mloc_home() -> Path:
-    """MLOC's own state on a worker: downloads cache and run work dirs."""
-    return Path(os.environ.get("MLOC_HOME", Path.home() / ".mloc"))
 
 
 def run_tags(task_: TrainingTask | Any, *, held_here: bool = True, trainjob: bool = False) -> list[str]:
@@ -61,7 +53,7 @@ def run_tags(task_: TrainingTask | Any, *, held_here: bool = True, trainjob: boo
     ]
 
 
-def gpus_held_here(task_: TrainingTask) -> tuple[bool, str | None]:
+def gpus_held_here(task_: TrainingTask | InferenceTask) -> tuple[bool, str | None]:
     """Whether this worker holds the GPUs the task asks for (all its replicas' GPUs, since they
     run here), and the line that says why not."""
     from tasks.modeling import cuda_device_count
@@ -76,10 +68,6 @@ def gpus_held_here(task_: TrainingTask) -> tuple[bool, str | None]:
         f"this worker has {visible} CUDA GPU(s) for the {gpu.count * replicas} × {gpu.type} the task asks for: "
         "the run is tagged and billed with 0 GPUs"
     )
-
-
-def task_digest(task_: Any) -> str:
-    return hashlib.sha256(json.dumps(task_.model_dump(mode="json", by_alias=True), sort_keys=True).encode()).hexdigest()
 
 
 def _tag_this_run(tags: list[str]) -> None:
@@ -242,8 +230,12 @@ def pipeline(task: Task, base_dir: str = ".", task_yaml_sha256: str | None = Non
     if not checked.valid or checked.task is None:
         raise ValueError("the task is not valid:\n" + "\n".join(i.format() for i in checked.issues))
     task_ = checked.task
-    if not isinstance(task_, TrainingTask):  # validation refuses the types this version cannot run
-        raise NotImplementedError(f"{task_.kind} tasks cannot be run by this MLOC version yet")
+    if isinstance(task_, InferenceTask):
+        held, why_not = gpus_held_here(task_)
+        _tag_this_run(run_tags(task_, held_here=held))
+        if why_not:
+            get_run_logger().warning(why_not)
+        return inference.run_inference(task_, Path(base_dir).resolve(), started, task_yaml_sha256)
     target = trainjob_run.target_from_env()
     if target is not None:  # the TrainJob's nodes hold the GPUs (a held tag once they run), not this pod
         from prefect.runtime import flow_run

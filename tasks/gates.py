@@ -7,7 +7,11 @@ from typing import TYPE_CHECKING, Any
 from tasks.registry import trainer_for
 
 if TYPE_CHECKING:
-    from configs import TrainingTask
+    from configs import InferenceTask, TrainingTask
+
+
+class QualityGateFailed(RuntimeError):
+    """A quality gate of spec.evaluation.gates was not met; nothing was uploaded."""
 
 
 def metrics(task: TrainingTask, before: dict[str, Any] | None, after: dict[str, Any] | None) -> dict[str, float]:
@@ -15,7 +19,7 @@ def metrics(task: TrainingTask, before: dict[str, Any] | None, after: dict[str, 
     return trainer_for(task.spec.task_type).metrics(before, after)
 
 
-def failed_gates(task: TrainingTask, values: dict[str, float]) -> list[str]:
+def failed_gates(task: TrainingTask | InferenceTask, values: dict[str, float]) -> list[str]:
     failures = []
     for gate in task.spec.evaluation.gates:
         value = values.get(gate.metric)

@@ -24,6 +24,9 @@ if TYPE_CHECKING:
     from configs import TaskTypeInfo, TrainingTask
     from tasks.jobs import EvaluateJob, TrainJob
 
+#: what an inference taskType module (rag.py, agent.py) declares: ``answer(task, question, *,
+#: search, generator, chat)``, one question's prediction fields (tasks/inference/ runs the rest)
+INFERENCE_HOOKS = ("answer",)
 HOOKS = ("trainer_config_class", "required_columns", "format_rows", "train", "evaluate", "metrics")
 
 
@@ -44,8 +47,9 @@ class TrainerType(Protocol):
 
 
 def implements(module: ModuleType) -> bool:
-    """Whether a module has every hook: only then can the pipeline run its type."""
-    return all(callable(getattr(module, hook, None)) for hook in HOOKS)
+    """Whether a module has every hook of its kind: only then can the pipeline run its type."""
+    hooks = INFERENCE_HOOKS if module.TASK_TYPE.kind == "InferenceTask" else HOOKS
+    return all(callable(getattr(module, hook, None)) for hook in hooks)
 
 
 def as_trainer(module: ModuleType) -> TrainerType:

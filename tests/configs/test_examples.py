@@ -53,9 +53,9 @@ def test_example_validates(path: Path) -> None:
     assert_valid_or_refused_as_unavailable(path)
 
 
-def test_only_the_inference_types_cannot_run_yet() -> None:
-    """Every training type runs; rag_inference and agent are refused until their pipeline lands."""
-    assert UNAVAILABLE == ["agent", "rag_inference"]
+def test_every_registered_type_runs() -> None:
+    """Every training and inference type runs: none is refused as unavailable."""
+    assert UNAVAILABLE == []
 
 
 def test_mloc_validate_configs_folder() -> None:

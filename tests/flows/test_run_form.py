@@ -269,4 +269,7 @@ def test_every_union_shows_the_tab_of_its_value(kind: str) -> None:
                     title
                 )
                 checked.append(title)
-    assert "ModelSpec.source: local" in checked and "ModelSpec.adapter: qlora" in checked
+    if kind == "TrainingTask":
+        assert "ModelSpec.source: local" in checked and "ModelSpec.adapter: qlora" in checked
+    else:
+        assert "InferenceModelSpec.source: remote" in checked and "Retrieval.documents: huggingface" in checked

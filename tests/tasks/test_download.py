@@ -516,9 +516,9 @@ def client_error(code: str, status: int, operation: str) -> Exception:
 def flaky_client(monkeypatch: pytest.MonkeyPatch, method: str, errors: list[Exception]) -> None:
     import boto3
 
-    from tasks import download
+    from tasks.storage import s3
 
-    monkeypatch.setattr(download, "s3_client", lambda block: Flaky(boto3.client("s3"), method, errors))
+    monkeypatch.setattr(s3, "s3_client", lambda block: Flaky(boto3.client("s3"), method, errors))
 
 
 def test_s3_transient_errors_are_retried_with_growing_waits(

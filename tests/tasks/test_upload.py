@@ -16,8 +16,9 @@ from typing import Any, ClassVar
 
 import pytest
 
-import tasks.upload as upload_mod
+import tasks.storage.s3 as s3_mod
 from configs.models import HuggingFaceDestination, LocalDestination, S3Destination
+from tasks.storage.retry import RetryPolicy
 from tasks.upload import MANIFEST, UploadError, check_writable, upload
 
 LINEAGE = {"task_hash": "3f2a", "base_model": {"id": "org/base", "revision": "c0ffee"}, "metrics": {"eval_loss": 1.25}}
@@ -157,8 +158,8 @@ class Recorder:
 @pytest.fixture
 def writes(s3_env: str, monkeypatch: pytest.MonkeyPatch) -> list[tuple[str, str]]:
     recorded: list[tuple[str, str]] = []
-    real = upload_mod.s3_client
-    monkeypatch.setattr(upload_mod, "s3_client", lambda block: Recorder(real(block), recorded))
+    real = s3_mod.s3_client
+    monkeypatch.setattr(s3_mod, "s3_client", lambda block: Recorder(real(block), recorded))
     return recorded
 
 
@@ -280,25 +281,27 @@ class Failing(Recorder):
     ("code", "status", "times", "outcome"),
     [
         ("SlowDown", 503, 2, None),
-        ("SlowDown", 503, 99, "kept failing \\(SlowDown\\) after 4 attempts"),
+        ("SlowDown", 503, 99, "kept failing \\(SlowDown\\) after 5 attempts"),
         ("AccessDenied", 403, 1, "access denied .* with the worker's default AWS credentials"),
     ],
 )
 def test_s3_retries_transient_errors_only(
     tmp_path: Path, bucket: str, monkeypatch: pytest.MonkeyPatch, code: str, status: int, times: int, outcome: str
 ) -> None:
-    real = upload_mod.s3_client
-    monkeypatch.setattr(upload_mod, "s3_client", lambda block: Failing(real(block), code, status, times))
+    real = s3_mod.s3_client
+    monkeypatch.setattr(s3_mod, "s3_client", lambda block: Failing(real(block), code, status, times))
     pauses: list[float] = []
-    run = lambda: upload(s3(bucket), stage(tmp_path, FILES), LINEAGE, base_dir=tmp_path, sleep=pauses.append)  # noqa: E731
+    # the one policy of downloads too (5 attempts), jitter off so that each pause is its ceiling
+    policy = RetryPolicy(sleep=pauses.append, jitter=lambda ceiling: ceiling)
+    run = lambda: upload(s3(bucket), stage(tmp_path, FILES), LINEAGE, base_dir=tmp_path, retry=policy)  # noqa: E731
 
     if outcome is None:
         assert run().files[-1] == MANIFEST
-        assert len(pauses) == 2 and pauses[1] > pauses[0] / 2
+        assert pauses == [1.0, 2.0]
     else:
         with pytest.raises(UploadError, match=outcome):
             run()
-        assert len(pauses) == (3 if code == "SlowDown" else 0)
+        assert pauses == ([1.0, 2.0, 4.0, 8.0] if code == "SlowDown" else [])
         assert f"runs/run-1/{MANIFEST}" not in objects(bucket)
 
 
@@ -468,7 +471,7 @@ def test_s3_a_stalled_store_fails_in_bounded_time_and_says_so(
     pauses: list[float] = []
     started = time.monotonic()
     try:
-        with caplog.at_level(logging.WARNING), pytest.raises(UploadError, match=r"kept failing .* after 4 attempts"):
+        with caplog.at_level(logging.WARNING), pytest.raises(UploadError, match=r"kept failing .* after 5 attempts"):
             upload(s3("frozen-bucket"), stage(tmp_path, FILES), LINEAGE, base_dir=tmp_path, sleep=pauses.append)
     finally:
         stop.set()
@@ -476,7 +479,30 @@ def test_s3_a_stalled_store_fails_in_bounded_time_and_says_so(
         for conn in held:
             conn.close()
         listener.close()
-    # 4 attempts of botocore's 3 tries of 1 s each, and no sleeping: bounded, not forever
+    # 5 attempts (the default policy) of botocore's 3 tries of 1 s each, and no sleeping: bounded
     assert time.monotonic() - started < 60
-    assert len(pauses) == 3
+    assert len(pauses) == 4 and all(0 <= p <= 30 for p in pauses)
     assert any("failed" in r.getMessage() and "retry 1" in r.getMessage() for r in caplog.records), caplog.text
+
+
+# --- versions and the latest pointer -----------------------------------------------------------
+
+
+def test_latest_pointer_names_the_versioned_upload(tmp_path: Path, bucket: str) -> None:
+    from tasks.upload import LATEST, publish_latest, versioned
+
+    for destination in (local("out"), s3(bucket, "runs")):
+        run = versioned(destination, "v7")
+        uploaded = upload(run, stage(tmp_path, FILES), LINEAGE, base_dir=tmp_path)
+        where = publish_latest(destination, "v7", uploaded, base_dir=tmp_path)
+
+        if isinstance(destination, LocalDestination):
+            assert where == (tmp_path / "out" / LATEST).resolve().as_uri()
+            pointer = json.loads((tmp_path / "out" / LATEST).read_bytes())
+            assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [LATEST, "versions"]  # no temp file left
+        else:
+            assert where == f"s3://{bucket}/runs/{LATEST}"
+            pointer = json.loads(objects(bucket, f"runs/{LATEST}")[f"runs/{LATEST}"])
+        assert pointer == {"version": "v7", "uri": uploaded.uri, "manifest": f"{uploaded.uri}/{MANIFEST}"}
+        assert uploaded.uri.endswith("/versions/v7")
+    assert publish_latest(hf(), "v7", uploaded, base_dir=tmp_path) is None

@@ -1,0 +1,1 @@
+"""Inference task steps: documents, index, models, tools, agents."""
