@@ -102,9 +102,14 @@ def load_questions(task_: InferenceTask, inputs: dict[str, Any]) -> list[dict[st
     else:
         from tasks.data import DataError, load_rows
 
-        split = getattr(task_.spec.inputs.source, "split", "train")
+        source = task_.spec.inputs.source
         try:
-            data = load_rows(str(path), inputs["source_type"], split=split)
+            data = load_rows(
+                str(path),
+                inputs["source_type"],
+                split=getattr(source, "split", "train"),
+                subset=getattr(source, "subset", None),
+            )
         except DataError as exc:
             raise InputsError(f"spec.inputs: {exc}") from exc
         rows = [(f"{path.name} row {i + 1}", dict(row)) for i, row in enumerate(data)]
@@ -143,22 +148,16 @@ def _embeddings(path: str) -> Any:
 
 
 @task(name="index", task_run_name="index", cache_policy=NO_CACHE)
-def index_step(task_: InferenceTask, inputs: dict[str, dict[str, Any]]) -> dict[str, Any]:
+def index_step(task_: InferenceTask, inputs: dict[str, dict[str, Any]], workdir: Path) -> dict[str, Any]:
     from tasks.inference import documents
 
     logger = get_run_logger()
     retrieval = task_.spec.retrieval
     assert retrieval is not None
     started = time.monotonic()
+    workdir.mkdir(parents=True, exist_ok=True)
     docs = documents.load_documents(inputs["documents"]["path"], inputs["documents"]["source_type"], retrieval)
     chunks = documents.chunk(docs, retrieval)
-    logger.info(
-        "%d document(s) in %d chunk(s) of at most %d characters, %d shared",
-        len(docs),
-        len(chunks),
-        retrieval.chunk_size,
-        retrieval.chunk_overlap,
-    )
     embedding = inputs["embedding_model"]
     index = documents.build_or_load(
         chunks,
@@ -168,12 +167,13 @@ def index_step(task_: InferenceTask, inputs: dict[str, dict[str, Any]]) -> dict[
         _home() / "runs" / task_.metadata.name / "index",
     )
     how = "reused (same corpus and embedding model)" if index.reused else "embedded"
-    logger.info(
-        "index %s: %d chunk(s), corpus %s, in %.1f s",
-        how,
-        index.chunks,
-        index.corpus_hash[:19],
-        time.monotonic() - started,
+    summary = (
+        f"{len(docs)} document(s), {index.chunks} chunk(s) of at most {retrieval.chunk_size} characters; index {how}, "
+        f"corpus {index.corpus_hash[:19]}, in {time.monotonic() - started:.1f} s"
+    )
+    logger.info(summary)
+    (workdir / "index.log").write_text(
+        summary + "\n" + "".join(f"{c.metadata['chunk_id']}\t{len(c.page_content)} chars\n" for c in chunks)
     )
     return {"path": str(index.path), "chunks": index.chunks, "corpus_hash": index.corpus_hash, "reused": index.reused}
 
@@ -284,7 +284,7 @@ def run_inference(task_: InferenceTask, root: Path, started: float, task_yaml_sh
         json.dumps([task_digest(task_), {r: i["content_hash"] for r, i in inputs.items()}]).encode()
     ).hexdigest()[:16]
     workdir = _home() / "runs" / task_.metadata.name / key
-    index = index_step(task_, inputs) if task_.spec.retrieval is not None else None
+    index = index_step(task_, inputs, workdir) if task_.spec.retrieval is not None else None
     predictions = answer_step(task_, inputs, index, workdir)
     predictions_file = workdir / publish.PREDICTIONS
     partial = predictions_file.with_suffix(".partial")

@@ -201,6 +201,8 @@ def publish_outputs(task: TrainingTask, uploaded: dict[str, Any], manifest: dict
         "task_sha256": manifest["task_sha256"],
         "task_yaml_sha256": manifest["task_yaml_sha256"],
     }
+    if "inference" in manifest:  # an inference run: its questions, tokens and tool calls
+        fields["inference"] = manifest["inference"]
     name = task.metadata.name
     create_table_artifact(
         [{"field": k, "value": v} for k, v in fields.items()],

@@ -50,7 +50,9 @@ def load_documents(path: str, source_type: str, retrieval: Retrieval) -> list[Do
     where = "spec.retrieval.documents"
     root = Path(path)
     if source_type == "huggingface":
-        return _rows_as_documents(path, source_type, field, root.name, where)
+        split = getattr(retrieval.documents, "split", "train")
+        subset = getattr(retrieval.documents, "subset", None)
+        return _rows_as_documents(path, source_type, field, root.name, where, split=split, subset=subset)
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.is_file() and not _hidden(p, root))
     readable = [p for p in files if p.suffix in TEXT_SUFFIXES + ROW_SUFFIXES]
     if not readable:
@@ -78,13 +80,15 @@ def _hidden(file: Path, root: Path) -> bool:
     return any(part.startswith(".") for part in file.relative_to(root).parts)
 
 
-def _rows_as_documents(path: str, source_type: str, field: str, name: str, where: str) -> list[Document]:
+def _rows_as_documents(
+    path: str, source_type: str, field: str, name: str, where: str, split: str = "train", subset: str | None = None
+) -> list[Document]:
     from langchain_core.documents import Document
 
     from tasks.data import DataError, load_rows
 
     try:
-        rows = load_rows(path, source_type)
+        rows = load_rows(path, source_type, split=split, subset=subset)
     except DataError as exc:
         raise CorpusError(f"{where}: {exc}") from exc
     if field not in rows.column_names:
