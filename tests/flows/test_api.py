@@ -415,7 +415,13 @@ def test_a_task_no_pool_or_version_can_run_is_refused_and_nothing_is_registered(
         .replace("name: sft-mistral-7b-on-dolly", f"name: {name}")
         .replace("count: 4", "count: 16")  # valid (at most 16), but an A100 node has 8
     )
-    not_yet = (CONFIGS / "rag_inference_service.yaml").read_text().replace("name: rag-support-answers", f"name: {name}")
+    not_yet = (  # an agent on local weights: validation refuses it (no tool calls through transformers)
+        (CONFIGS / "rag_inference_service.yaml")
+        .read_text()
+        .replace("name: rag-support-answers", f"name: {name}")
+        .replace("taskType: rag_inference", "taskType: agent\n  agent:\n    tools: [retriever]")
+        .replace("    Context:\n    {context}\n\n", "")
+    )
     before = api.counts()
     response = post(f"{api.url}/api/v1/tasks", content=too_big, headers=api.auth(**YAML))
     assert response.status_code == 422, response.text
@@ -426,7 +432,7 @@ def test_a_task_no_pool_or_version_can_run_is_refused_and_nothing_is_registered(
     assert body["detail"] == "the task.yaml is not valid: 1 error(s)", body
     [issue] = body["errors"]
     said = issue["message"] + " — " + issue["hint"]
-    assert issue["field"] == "spec.taskType" and "'rag_inference' cannot run in this MLOC version" in said
+    assert issue["field"] == "spec.model.source.type" and "never parse tool calls" in said and "type: remote" in said
     assert api.counts() == before
 
 

@@ -206,8 +206,14 @@ def test_a_task_that_cannot_run_is_refused_and_nothing_is_registered(server: dic
     )
     fine = tmp_path / "fine.yaml"
     fine.write_text(text.replace("name: sft-mistral-7b-on-dolly", "name: fine-but-not-alone"))
-    # of a taskType this version cannot run yet: refused by validation, with the reason
-    not_yet = CONFIGS / "rag_inference_service.yaml"
+    # a task that validation refuses with its reason: an agent on local weights cannot call tools
+    not_yet = tmp_path / "agent-local.yaml"
+    not_yet.write_text(
+        (CONFIGS / "rag_inference_service.yaml")
+        .read_text()
+        .replace("taskType: rag_inference", "taskType: agent\n  agent:\n    tools: [retriever]")
+        .replace("    Context:\n    {context}\n\n", "")
+    )
     refused = cli(env, "mloc", "deploy", str(fine), str(too_many), str(not_yet))
     assert refused.returncode == 1
     assert (
@@ -215,6 +221,6 @@ def test_a_task_that_cannot_run_is_refused_and_nothing_is_registered(server: dic
         and "asks for 16 GPUs per replica but a nvidia-a100-80gb node offers at most 8" in refused.stderr
         and "nothing was deployed" in refused.stderr
     )
-    assert "spec.taskType: 'rag_inference' cannot run in this MLOC version" in refused.stderr
+    assert "spec.model.source.type: 'huggingface' loads the weights through transformers" in refused.stderr
     names = [d["name"] for d in api(env, "POST", "/deployments/filter", {})]
     assert not {"fine-but-not-alone", "too-many-gpus", "rag-support-answers"} & set(names)
