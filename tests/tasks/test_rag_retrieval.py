@@ -52,7 +52,9 @@ def test_the_right_document_is_retrieved_for_nine_questions_in_ten(embeddings, t
     task = quickstart_task()
     retrieval = task.spec.retrieval
     assert retrieval is not None
-    chunks = documents.chunk(documents.load_documents(str(QUICKSTART / "support/manuals"), "local", retrieval), retrieval)
+    chunks = documents.chunk(
+        documents.load_documents(str(QUICKSTART / "support/manuals"), "local", retrieval), retrieval
+    )
     index = documents.build_or_load(chunks, embeddings, "sha256:test", retrieval, tmp_path)
     assert not index.reused and index.chunks == len(chunks) > 8
     rows = [json.loads(line) for line in (QUICKSTART / "support/questions.jsonl").read_text().splitlines()]
@@ -80,7 +82,9 @@ def test_the_retrieved_chunks_are_in_the_prompt_the_model_sees(embeddings, tmp_p
     task = quickstart_task()
     retrieval = task.spec.retrieval
     assert retrieval is not None
-    chunks = documents.chunk(documents.load_documents(str(QUICKSTART / "support/manuals"), "local", retrieval), retrieval)
+    chunks = documents.chunk(
+        documents.load_documents(str(QUICKSTART / "support/manuals"), "local", retrieval), retrieval
+    )
     index = documents.build_or_load(chunks, embeddings, "sha256:test", retrieval, tmp_path)
     seen: list[str] = []
 
