@@ -27,8 +27,7 @@ from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
 from configs import InferenceTask
-from flows.home import mloc_home, task_digest
-from tasks import download, upload
+from flows.home import fetch_logged, mloc_home, task_digest, upload_step
 from tasks.gates import QualityGateFailed
 
 _EMBEDDINGS: dict[str, Any] = {}  # one embedding model loaded per process, shared by index and answer
@@ -58,16 +57,7 @@ def download_step(task_: InferenceTask, base_dir: Path) -> dict[str, dict[str, A
     sources["inputs"] = (spec.inputs.source, "dataset")
     fetched: dict[str, dict[str, Any]] = {}
     for role, (source, kind) in sources.items():
-        got = download.fetch(source, kind=kind, base_dir=base_dir, cache_dir=_home() / "cache")
-        logger.info(
-            "%s: %s at %s (%s), %d file(s) downloaded",
-            role,
-            got.identifier,
-            got.revision[:12],
-            got.content_hash[:19],
-            got.downloaded_files,
-        )
-        fetched[role] = got.to_dict()
+        fetched[role] = fetch_logged(role, source, kind, base_dir)
     if spec.model.source.type == "remote":
         logger.info(
             "model: %s at %s (remote: nothing to download)", spec.model.source.model, spec.model.source.base_url
@@ -249,21 +239,6 @@ def _model(task_: InferenceTask, inputs: dict[str, dict[str, Any]]) -> tuple[Any
 
 
 # --- upload -----------------------------------------------------------------------------------
-
-
-@task(name="upload", task_run_name="upload", cache_policy=NO_CACHE)
-def upload_step(task_: InferenceTask, staging: Path, manifest: dict[str, Any], base_dir: Path) -> dict[str, Any]:
-    logger = get_run_logger()
-    destination = task_.spec.output.destination
-    version = manifest.get("version")
-    if version:
-        destination = upload.versioned(destination, version)
-    uploaded = upload.upload(destination, staging, manifest, base_dir=base_dir)
-    logger.info("uploaded %d file(s) to %s", len(uploaded.files), uploaded.uri)
-    if version:
-        pointer = upload.publish_latest(task_.spec.output.destination, version, uploaded, base_dir=base_dir)
-        logger.info("latest now points at version %s (%s)", version, pointer or "the repo's main branch")
-    return uploaded.to_dict()
 
 
 # --- the pipeline -----------------------------------------------------------------------------

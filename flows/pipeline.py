@@ -23,9 +23,9 @@ from prefect.cache_policies import NO_CACHE
 from configs import InferenceTask, TrainingTask, validate_data
 from configs.models import Task
 from flows import inference, report, trainjob_run
-from flows.home import mloc_home, task_digest
+from flows.home import fetch_logged, mloc_home, task_digest, upload_step
 from flows.relay import Relay
-from tasks import download, gates, preflight, train, upload
+from tasks import gates, preflight, train
 from tasks.gates import QualityGateFailed
 from tasks.registry import TASK_TYPES
 
@@ -87,23 +87,13 @@ def _tag_this_run(tags: list[str]) -> None:
 
 @task(name="download", task_run_name="download", cache_policy=NO_CACHE)
 def download_step(task_: TrainingTask, base_dir: Path) -> dict[str, dict[str, Any]]:
-    logger = get_run_logger()
     sources: dict[str, Any] = {"model": task_.spec.model.source, "dataset": task_.spec.dataset.source}
     if task_.spec.reward_model is not None:
         sources["reward_model"] = task_.spec.reward_model.source
     fetched = {}
     for role, source in sources.items():
         kind: Literal["model", "dataset"] = "dataset" if role == "dataset" else "model"
-        got = download.fetch(source, kind=kind, base_dir=base_dir, cache_dir=mloc_home() / "cache")
-        logger.info(
-            "%s: %s at %s (%s), %d file(s) downloaded",
-            role,
-            got.identifier,
-            got.revision[:12],
-            got.content_hash[:19],
-            got.downloaded_files,
-        )
-        fetched[role] = got.to_dict()
+        fetched[role] = fetch_logged(role, source, kind, base_dir)
     return fetched
 
 
@@ -200,23 +190,6 @@ def train_step(task_: TrainingTask, inputs: dict[str, dict[str, Any]], workdir: 
     finally:
         relay.close()
     return result.to_dict()
-
-
-@task(name="upload", task_run_name="upload", cache_policy=NO_CACHE)
-def upload_step(task_: TrainingTask, staging: Path, manifest: dict[str, Any], base_dir: Path) -> dict[str, Any]:
-    """Publish the staged outputs; a task with a schedule writes a new version each run and
-    moves the latest pointer to it only once the upload is complete."""
-    logger = get_run_logger()
-    destination = task_.spec.output.destination
-    version = manifest.get("version")
-    if version:
-        destination = upload.versioned(destination, version)
-    uploaded = upload.upload(destination, staging, manifest, base_dir=base_dir)
-    logger.info("uploaded %d file(s) to %s", len(uploaded.files), uploaded.uri)
-    if version:
-        pointer = upload.publish_latest(task_.spec.output.destination, version, uploaded, base_dir=base_dir)
-        logger.info("latest now points at version %s (%s)", version, pointer or "the repo's main branch")
-    return uploaded.to_dict()
 
 
 # --- the flow ---------------------------------------------------------------------------------
