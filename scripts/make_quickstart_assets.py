@@ -27,6 +27,8 @@ Writes, under DIR:
   has seen the facts, and the quickstart's LoRA fine-tune teaches it the answer format.
   (A randomly initialised model barely moves under 60 LoRA steps: its frozen embeddings
   and head are noise.)
+- `tiny-chat-model/`: the same weights and tokenizer for the inference quickstarts (rag,
+  agent): positions up to 1024 tokens, room for a retrieved context, and a chat template.
 
 The output is deterministic: fixed seeds (each dataset its own `random.Random`, so that
 adding one leaves the others as they were), fixed iteration order, one CPU thread for the
@@ -549,6 +551,8 @@ def build(out: Path, *, pretrain_steps: int = PRETRAIN_STEPS, verbose: bool = Tr
     model.save_pretrained(model_dir)  # transformers 5 always writes safetensors
     tokenizer.save_pretrained(model_dir)
 
+    write_chat_model(model_dir, out / "tiny-chat-model")
+
     if verbose:
         params = sum(p.numel() for p in model.parameters())
         print(", ".join(f"{name}: {n} rows" for name, n in counts.items()))
@@ -557,6 +561,31 @@ def build(out: Path, *, pretrain_steps: int = PRETRAIN_STEPS, verbose: bool = Tr
         if losses:
             print(f"pretraining: {len(losses)} steps, loss {losses[0]:.3f} -> {sum(losses[-20:]) / 20:.3f}")
         print(f"wrote {out} in {time.perf_counter() - started:.1f}s")
+
+
+CHAT_CONTEXT = 1024
+CHAT_TEMPLATE = (
+    "{% for m in messages %}{{ m['role'] }}: {{ m['content'] }}\n{% endfor %}"
+    "{% if add_generation_prompt %}assistant:{% endif %}"
+)
+
+
+def write_chat_model(model_dir: Path, chat_dir: Path) -> None:
+    """The inference quickstarts' model: the same weights and tokenizer, with room for a
+    retrieved context (RoPE positions up to CHAT_CONTEXT) and a chat template, which an
+    OpenAI-compatible server (`transformers serve`) needs to answer chat completions."""
+    import shutil
+
+    chat_dir.mkdir(parents=True, exist_ok=True)
+    for name in ("model.safetensors", "tokenizer.json", "generation_config.json"):
+        shutil.copyfile(model_dir / name, chat_dir / name)
+    config = json.loads((model_dir / "config.json").read_text())
+    config["max_position_embeddings"] = CHAT_CONTEXT
+    (chat_dir / "config.json").write_text(json.dumps(config, indent=2))
+    tokenizer = json.loads((model_dir / "tokenizer_config.json").read_text())
+    tokenizer["model_max_length"] = CHAT_CONTEXT
+    tokenizer["chat_template"] = CHAT_TEMPLATE
+    (chat_dir / "tokenizer_config.json").write_text(json.dumps(tokenizer, indent=2))
 
 
 def main(argv: list[str] | None = None) -> None:

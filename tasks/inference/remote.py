@@ -129,9 +129,10 @@ def check_endpoint(
 
     Unreachable, timing out, 408, 429 or 5xx: tried ``attempts`` times with the waits of
     ``backoff_waits`` between, then EndpointError. 401/403: EndpointError at once. With
-    ``check_model``, a non-empty list without ``source.model`` is an EndpointError naming the
-    served models; an empty list passes (``transformers serve`` lists the models of its Hub
-    cache, not the one it is pinned to). Servers whose list is partial want check_model=False.
+    ``check_model``, a non-empty list without ``source.model`` is a warning naming the listed
+    models (``transformers serve`` lists the models of its Hub cache, not the one it is pinned
+    to, so a list cannot refuse a run). A list that keeps failing with HTTP 500 while the
+    server answers is a warning too; 502, 503, 504, 408 and 429 after the last try are errors.
     """
     import openai
 
@@ -158,6 +159,18 @@ def check_endpoint(
                         "spec.model.source.base_url (the OpenAI-compatible API root, usually ending in /v1)"
                     ) from None
                 cause, error = f"HTTP {exc.status_code}", None
+            if attempt == attempts and cause == "HTTP 500":
+                # the server answers, and only its model list fails (transformers serve without a
+                # Hub cache folder does so, and answers chat completions all the same)
+                logger.warning(
+                    "model endpoint %s answers, but its model list failed %d times (HTTP 500): going on, "
+                    "the first question will tell whether it serves '%s'",
+                    where,
+                    attempts,
+                    source.model,
+                )
+                served = []
+                break
             if attempt == attempts:
                 elapsed = time.monotonic() - started
                 raise EndpointError(
@@ -177,9 +190,14 @@ def check_endpoint(
         else:  # attempts < 1
             raise ValueError(f"attempts must be at least 1, not {attempts}")
     if check_model and served and not _serves(served, source.model):
-        raise EndpointError(
-            f"the model endpoint {where} does not serve model '{source.model}' — it serves: "
-            f"{', '.join(_scrub(name, key) for name in served)}; fix spec.model.source.model"
+        # a warning, not a refusal: some servers list what they could load rather than what
+        # they serve (transformers serve lists its Hub cache, never the model it is pinned to)
+        logger.warning(
+            "model endpoint %s does not list model '%s' (it lists: %s): if the first question fails, "
+            "fix spec.model.source.model",
+            where,
+            source.model,
+            ", ".join(_scrub(name, key) for name in served[:10]),
         )
     logger.info("model endpoint %s answers (%d model(s) listed)", where, len(served))
     return served

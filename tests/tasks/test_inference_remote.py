@@ -323,7 +323,10 @@ def test_a_5xx_is_retried_and_then_reported(caplog: pytest.LogCaptureFixture) ->
     assert Unavailable.hits == 3
 
 
-def test_a_model_the_endpoint_does_not_list_fails_with_the_served_names() -> None:
+def test_a_model_the_endpoint_does_not_list_is_a_warning_naming_the_listed_ones(
+    caplog: pytest.LogCaptureFixture,
+) -> None:
+    # a warning, not a refusal: transformers serve lists its Hub cache, never its pinned model
     class Lister(Handler):
         def do_GET(self) -> None:
             type(self).hits += 1
@@ -332,18 +335,29 @@ def test_a_model_the_endpoint_does_not_list_fails_with_the_served_names() -> Non
             ]
             self.reply(200, json.dumps({"object": "list", "data": models}).encode())
 
-    with http_server(Lister) as port:
+    with http_server(Lister) as port, caplog.at_level(logging.WARNING, logger="tasks.inference.remote"):
         base_url = f"http://127.0.0.1:{port}/v1"
-        with pytest.raises(EndpointError) as caught:
-            check_endpoint(Source(base_url, "org/c"), None)
+        assert check_endpoint(Source(base_url, "org/c"), None) == ["org/a", "org/b@v2"]
         assert check_endpoint(Source(base_url, "org/b"), None) == ["org/a", "org/b@v2"]
-        assert check_endpoint(Source(base_url, "org/c"), None, check_model=False) == ["org/a", "org/b@v2"]
 
-    assert str(caught.value) == (
-        f"the model endpoint {base_url} does not serve model 'org/c' — it serves: org/a, org/b@v2; "
-        "fix spec.model.source.model"
-    )
-    assert Lister.hits == 3
+    warned = [r.getMessage() for r in caplog.records if r.levelno == logging.WARNING]
+    assert warned == [
+        f"model endpoint {base_url} does not list model 'org/c' (it lists: org/a, org/b@v2): if the first "
+        "question fails, fix spec.model.source.model"
+    ]
+    assert Lister.hits == 2
+
+
+def test_a_model_list_that_keeps_failing_with_500_is_a_warning(caplog: pytest.LogCaptureFixture) -> None:
+    class Broken(Handler):
+        def do_GET(self) -> None:
+            type(self).hits += 1
+            self.reply(500, b'{"error": "no cache"}')
+
+    with http_server(Broken) as port, caplog.at_level(logging.WARNING, logger="tasks.inference.remote"):
+        served = check_endpoint(Source(f"http://127.0.0.1:{port}/v1", "m"), None, attempts=3, first_wait_s=0.05)
+    assert served == [] and Broken.hits == 3
+    assert "its model list failed 3 times (HTTP 500): going on" in caplog.text
 
 
 def test_a_wrong_api_root_is_not_retried() -> None:
