@@ -392,7 +392,11 @@ class Agent(Model):
         "(safe arithmetic).",
     )
     max_iterations: int = Field(
-        5, ge=1, le=50, description="Model turns that call tools allowed per question; the agent stops after them."
+        5,
+        ge=1,
+        le=50,
+        description="Tool calls allowed per question; an agent that wants more is stopped, and the question "
+        "recorded as unanswered with the reason.",
     )
 
 

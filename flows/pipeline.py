@@ -1,7 +1,9 @@
 """The pipeline flow: one generic, importable Prefect flow that runs any validated task.
 
-preflight-hardware → download → preflight → evaluate (before) → train → evaluate (after) →
-upload, each a Prefect task run with its logs; results are published as Prefect artifacts.
+A TrainingTask: preflight-hardware → download → preflight → evaluate (before) → train →
+evaluate (after) → upload; an InferenceTask: download → index → answer → upload
+(flows/inference.py). Each step is a Prefect task run with its logs; results are published
+as Prefect artifacts.
 The flow is named ``mloc``, so a deployment of a task is ``mloc/<metadata.name>``.
 """
 
@@ -197,7 +199,8 @@ def train_step(task_: TrainingTask, inputs: dict[str, dict[str, Any]], workdir: 
 
 @flow(name=FLOW_NAME, flow_run_name="{task.metadata.name}", log_prints=True)
 def pipeline(task: Task, base_dir: str = ".", task_yaml_sha256: str | None = None) -> dict[str, Any]:
-    """Run one MLOC task: download, preflight, evaluate, train, evaluate, upload."""
+    """Run one MLOC task: download, preflight, evaluate, train, evaluate, upload (training), or
+    download, index, answer, upload (inference)."""
     started = time.time()
     checked = validate_data(task.model_dump(mode="json", by_alias=True), TASK_TYPES)
     if not checked.valid or checked.task is None:
