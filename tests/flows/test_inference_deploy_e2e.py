@@ -145,7 +145,7 @@ def test_the_rag_quickstart_runs_from_prefect_deployment_run(server: dict[str, s
     assert not (published / "latest.json").exists()  # no schedule: no versions
 
 
-def next_minute(at_least_s: float = 30) -> datetime:
+def next_minute(at_least_s: float = 20) -> datetime:
     """The start of the first UTC minute at least ``at_least_s`` from now."""
     soon = datetime.now(UTC) + timedelta(seconds=at_least_s + 60)
     return soon.replace(second=0, microsecond=0)
