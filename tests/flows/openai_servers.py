@@ -28,20 +28,32 @@ from tests.conftest import free_port
 
 
 @contextlib.contextmanager
-def transformers_serve(model: Path, scratch: Path, *, startup_s: float = 120) -> Iterator[str]:
-    """``transformers serve`` of ``model`` (a folder whose tokenizer has a chat template) on a
-    free loopback port; ``scratch`` holds its empty Hub cache and its log. Yields the root URL
-    (the OpenAI API is under ``/v1``); the server is stopped on exit."""
-    # /v1/models lists the models of the Hub cache (never the pinned one): an empty cache, an
-    # empty list. Without the directory it answers 500.
-    (scratch / "hf" / "hub").mkdir(parents=True, exist_ok=True)
+def transformers_serve(
+    model: Path | str,
+    scratch: Path,
+    *,
+    hf_home: Path | None = None,
+    cwd: Path | None = None,
+    startup_s: float = 120,
+) -> Iterator[str]:
+    """``transformers serve`` of ``model`` (a folder whose tokenizer has a chat template; a
+    relative one is read from ``cwd``, and is the name requests must give) on a free loopback
+    port; ``scratch`` holds its log. ``hf_home`` is the Hub cache it lists, left as it is; by
+    default an empty one under ``scratch``. Yields the root URL (the OpenAI API is under
+    ``/v1``); the server is stopped on exit."""
+    if hf_home is None:
+        # /v1/models lists the models of the Hub cache (never the pinned one): an empty cache, an
+        # empty list. Without the directory it answers 500.
+        hf_home = scratch / "hf"
+        (hf_home / "hub").mkdir(parents=True, exist_ok=True)
     port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(scratch / "hf"), "CUDA_VISIBLE_DEVICES": ""}
-    log = scratch / "serve.log"
+    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE")}
+    env |= {"HF_HUB_OFFLINE": "1", "HF_HOME": str(hf_home), "CUDA_VISIBLE_DEVICES": ""}
+    log = scratch / f"serve-{port}.log"
     command = [str(Path(sys.executable).parent / "transformers"), "serve", "--host", "127.0.0.1"]
     command += ["--port", str(port), "--device", "cpu", "--log-level", "info", str(model)]
     with log.open("wb") as out:
-        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
+        proc = subprocess.Popen(command, cwd=cwd, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + startup_s

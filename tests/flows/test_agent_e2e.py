@@ -13,14 +13,12 @@ HTTP to a model server.
 
 from __future__ import annotations
 
-import contextlib
 import json
-import os
 import re
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -30,6 +28,7 @@ import yaml
 
 from configs import InferenceTask, validate_text
 from tasks.registry import TASK_TYPES
+from tests.flows.openai_servers import transformers_serve
 from tests.flows.scripted_openai import (
     Messages,
     Reply,
@@ -291,46 +290,17 @@ def test_validate_names_the_valid_tools_for_an_unknown_one(tmp_path: Path) -> No
 # --- the agent quickstart on a real `transformers serve` --------------------------------------
 
 
-@contextlib.contextmanager
-def transformers_serve(port: int, hf_home: Path) -> Iterator[str]:
-    """`transformers serve` pinned to the tiny chat model, on the CPU, started from the repository
-    root as agent.yaml says; yields its API root once it answers."""
-    env = {k: v for k, v in os.environ.items() if k not in ("HF_HUB_CACHE", "HUGGINGFACE_HUB_CACHE")}
-    env |= {"HF_HOME": str(hf_home), "HF_HUB_OFFLINE": "1", "HF_HUB_DISABLE_TELEMETRY": "1"}
-    log = hf_home.parent / f"serve-{port}.log"
-    command = [str(BIN / "transformers"), "serve", TINY_CHAT_MODEL, "--device", "cpu"]
-    command += ["--host", "127.0.0.1", "--port", str(port)]
-    with open(log, "w") as sink:
-        proc = subprocess.Popen(command, cwd=ROOT, env=env, stdout=sink, stderr=subprocess.STDOUT)
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, f"transformers serve exited: {log.read_text()[-2000:]}"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"http://127.0.0.1:{port}/health", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, f"transformers serve did not start: {log.read_text()[-2000:]}"
-            time.sleep(0.5)
-        yield f"http://127.0.0.1:{port}/v1"
-    finally:
-        proc.terminate()
-        try:
-            proc.wait(timeout=30)
-        except subprocess.TimeoutExpired:
-            proc.kill()
-            proc.wait(timeout=30)
-
-
 @pytest.mark.slow
 @pytest.mark.e2e
 def test_the_agent_quickstart_on_transformers_serve(
-    prefect_server: None, port_picker: Callable[[], int], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+    prefect_server: None, tmp_path: Path, monkeypatch: pytest.MonkeyPatch
 ) -> None:
     monkeypatch.setenv("MLOC_HOME", str(tmp_path / "home"))
     hf_home = tmp_path / "hf"
     hf_home.mkdir()
     out = tmp_path / "published"
-    with transformers_serve(port_picker(), hf_home) as base_url:
+    with transformers_serve(TINY_CHAT_MODEL, tmp_path, hf_home=hf_home, cwd=ROOT) as root:
+        base_url = f"{root}/v1"
         # its model list is the Hub cache's (lru-cached once it succeeds), never the model it is
         # pinned to; with no Hub cache folder at all, GET /v1/models is an HTTP 500
         assert httpx.get(f"{base_url}/models", timeout=30).status_code == 500
@@ -364,9 +334,7 @@ def test_the_agent_quickstart_on_transformers_serve(
 
 
 @pytest.mark.slow
-def test_a_transformers_serve_with_other_cached_models_is_not_refused(
-    port_picker: Callable[[], int], tmp_path: Path
-) -> None:
+def test_a_transformers_serve_with_other_cached_models_is_not_refused(tmp_path: Path) -> None:
     from configs.models import RemoteModelSource
     from tasks.inference import remote
 
@@ -379,7 +347,8 @@ def test_a_transformers_serve_with_other_cached_models_is_not_refused(
     (repo / "blobs" / "config").write_text(json.dumps({"architectures": ["LlamaForCausalLM"]}))
     (repo / "snapshots" / commit).mkdir(parents=True)
     (repo / "snapshots" / commit / "config.json").symlink_to("../../blobs/config")
-    with transformers_serve(port_picker(), hf_home) as base_url:
+    with transformers_serve(TINY_CHAT_MODEL, tmp_path, hf_home=hf_home, cwd=ROOT) as root:
+        base_url = f"{root}/v1"
         listed = [entry["id"] for entry in httpx.get(f"{base_url}/models", timeout=30).json()["data"]]
         assert listed == ["someone/other-model"]  # the cache, not the pinned tiny model
         source = RemoteModelSource(type="remote", base_url=base_url, model=TINY_CHAT_MODEL)

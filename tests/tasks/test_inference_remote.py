@@ -11,12 +11,8 @@ from __future__ import annotations
 import contextlib
 import json
 import logging
-import os
 import shutil
-import signal
 import socket
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -32,6 +28,7 @@ from pydantic import SecretStr
 from blocks.credentials import CredentialsError
 from tasks.inference.remote import EndpointError, api_key, backoff_waits, chat_model, check_endpoint
 from tests.conftest import free_port
+from tests.flows.openai_servers import transformers_serve
 
 TINY_MODEL = Path(__file__).parents[2] / "configs/quickstart/tiny-model"
 # the tiny model's tokenizer has no chat template; chat completions need one
@@ -121,35 +118,8 @@ def served(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Served]:
     config_path = model / "tokenizer_config.json"
     config = json.loads(config_path.read_text())
     config_path.write_text(json.dumps({**config, "chat_template": CHAT_TEMPLATE}))
-    # /v1/models lists the models of the Hub cache (never the pinned one): an empty cache, an
-    # empty list. Without the directory it answers 500.
-    (root / "hf" / "hub").mkdir(parents=True)
-    port = free_port()
-    env = {**os.environ, "HF_HUB_OFFLINE": "1", "HF_HOME": str(root / "hf"), "CUDA_VISIBLE_DEVICES": ""}
-    log = root / "serve.log"
-    command = [str(Path(sys.executable).parent / "transformers"), "serve", "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--device", "cpu", "--log-level", "info", str(model)]
-    with log.open("wb") as out:
-        proc = subprocess.Popen(command, env=env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True)
-    url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 120
-        while True:
-            assert proc.poll() is None, f"transformers serve exited:\n{log.read_text()[-3000:]}"
-            with contextlib.suppress(httpx.HTTPError):
-                if httpx.get(f"{url}/health", timeout=2).status_code == 200:
-                    break
-            assert time.monotonic() < deadline, f"transformers serve did not answer:\n{log.read_text()[-3000:]}"
-            time.sleep(0.25)
+    with transformers_serve(model, root) as url:
         yield Served(url, str(model))
-    finally:
-        with contextlib.suppress(ProcessLookupError):
-            os.killpg(proc.pid, signal.SIGTERM)
-        try:
-            proc.wait(timeout=20)
-        except subprocess.TimeoutExpired:
-            os.killpg(proc.pid, signal.SIGKILL)
-            proc.wait(timeout=20)
 
 
 @pytest.fixture(scope="module")
