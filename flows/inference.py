@@ -37,10 +37,6 @@ class InputsError(ValueError):
     """The questions file does not fit spec.inputs: a row without its question, a field of the wrong type."""
 
 
-def _home() -> Path:
-    return mloc_home()
-
-
 # --- download ---------------------------------------------------------------------------------
 
 
@@ -154,7 +150,7 @@ def index_step(task_: InferenceTask, inputs: dict[str, dict[str, Any]], workdir:
         _embeddings(embedding["path"]),
         embedding["content_hash"],
         retrieval,
-        _home() / "runs" / task_.metadata.name / "index",
+        mloc_home() / "runs" / task_.metadata.name / "index",
     )
     how = "reused (same corpus and embedding model)" if index.reused else "embedded"
     summary = (
@@ -258,7 +254,7 @@ def run_inference(task_: InferenceTask, root: Path, started: float, task_yaml_sh
     key = hashlib.sha256(
         json.dumps([task_digest(task_), {r: i["content_hash"] for r, i in inputs.items()}]).encode()
     ).hexdigest()[:16]
-    workdir = _home() / "runs" / task_.metadata.name / key
+    workdir = mloc_home() / "runs" / task_.metadata.name / key
     index = index_step(task_, inputs, workdir) if task_.spec.retrieval is not None else None
     predictions = answer_step(task_, inputs, index, workdir)
     predictions_file = workdir / publish.PREDICTIONS
