@@ -5,7 +5,7 @@ pays for torch.
 """
 
 from configs.errors import ConfigIssue, TaskError
-from configs.models import InferenceTask, Task, TrainingTask
+from configs.models import InferenceTask, ServingTask, Task, TrainingTask
 from configs.tasktypes import TaskTypeInfo
 from configs.validate import (
     Result,
@@ -21,6 +21,7 @@ __all__ = [
     "ConfigIssue",
     "InferenceTask",
     "Result",
+    "ServingTask",
     "Task",
     "TaskError",
     "TaskTypeInfo",

@@ -434,6 +434,90 @@ class InferenceEvaluation(Model):
     )
 
 
+# --- serving ----------------------------------------------------------------------------------
+
+
+class TrainedModelSource(Model):
+    type: Literal["training"] = Field(
+        description="What an MLOC TrainingTask uploaded: its adapter_weights (for an adapter) or its full_model."
+    )
+    task: LocalPath = Field(
+        description="The TrainingTask's task.yaml, relative to this file: its spec.output.destination is read."
+    )
+    version: NonEmpty = Field(
+        "latest",
+        description="For a scheduled (versioned) training, the version folder to serve; 'latest' follows its "
+        "latest.json. An unscheduled training has one version, so leave it at 'latest'.",
+    )
+
+
+ServedSource = Annotated[
+    HuggingFaceModelSource | S3Source | LocalSource | TrainedModelSource, Field(discriminator="type")
+]
+ServingModelSource = Annotated[
+    HuggingFaceModelSource | S3Source | LocalSource | TrainedModelSource | RemoteModelSource,
+    Field(discriminator="type"),
+]
+
+
+class ServedAdapter(Model):
+    name: TaskName = Field(
+        description="The model name clients ask for to get this adapter (as /v1/models lists it), a DNS-1123 label."
+    )
+    source: ServedSource = Field(
+        description="A LoRA adapter folder (adapter_config.json and weights): hub, S3, local, or a training's "
+        "adapter_weights."
+    )
+
+
+class ServingModelSpec(Model):
+    name: TaskName | None = Field(
+        None, description="The model name clients ask for (as /v1/models lists it); unset: metadata.name."
+    )
+    source: ServingModelSource = Field(
+        description="The weights to serve (huggingface, s3, local, or a training's full_model), or a remote "
+        "endpoint that already serves the model: it is registered, and nothing is deployed."
+    )
+    adapters: list[ServedAdapter] = Field(
+        default_factory=list, description="LoRA adapters served on the base model, each under a name of its own."
+    )
+
+
+class Engine(Model):
+    name: Literal["vllm", "transformers"] = Field(
+        "vllm", description="The inference server: vllm, or `transformers serve` (a CPU fallback, no adapters)."
+    )
+    dtype: Literal["auto", "float32", "bfloat16", "float16"] = Field(
+        "auto", description="The weights' compute dtype; 'auto' takes the model's own (float16 for float32 on GPU)."
+    )
+    max_model_len: int | None = Field(
+        None, ge=16, le=1_048_576, description="Longest prompt plus answer, in tokens; unset: the model's own."
+    )
+    gpu_memory_utilization: float = Field(
+        0.9, gt=0, le=1, description="vLLM: the share of GPU memory (on a CPU, of RAM) it reserves for the model."
+    )
+    max_lora_rank: int = Field(16, ge=1, le=512, description="vLLM: the largest LoRA rank an adapter may have.")
+
+
+class Autoscaling(Model):
+    min_replicas: int = Field(1, ge=0, le=64, description="Fewest replicas; 0 lets an idle service scale to zero.")
+    max_replicas: int = Field(ge=1, le=64, description="Most replicas.")
+    target_backlog: int = Field(
+        8,
+        ge=1,
+        le=10_000,
+        description="Requests waiting per replica (vLLM's vllm:num_requests_waiting) above which KEDA adds one.",
+    )
+
+    @model_validator(mode="after")
+    def _ordered(self) -> Autoscaling:
+        if self.min_replicas > self.max_replicas:
+            raise FieldError(
+                "min_replicas", f"({self.min_replicas}) is above max_replicas ({self.max_replicas}) — lower it"
+            )
+        return self
+
+
 # --- the task ---------------------------------------------------------------------------------
 
 
@@ -524,6 +608,35 @@ class InferenceSpec(_Spec):
     output: InferenceOutput = Field(description="Where results go and which ones.")
 
 
+class ServingSpec(Model):
+    KIND: ClassVar[str] = "ServingTask"
+    key_hints: ClassVar[dict[str, str]] = {
+        "adapters": "belongs under spec.model",
+        "hardware": "belongs under spec.resources",
+        "gpu": "belongs under spec.resources.hardware",
+        "replicas": "belongs under spec.resources",
+        "dtype": "belongs under spec.engine",
+    }
+    task_type: Literal["serving"] = Field(
+        "serving", alias="taskType", description="Always 'serving' (it may be left out); usage reports group by it."
+    )
+    model: ServingModelSpec = Field(description="The model to serve, and its adapters.")
+    engine: Engine = Field(default_factory=Engine, description="The inference server and its settings.")
+    port: int = Field(8000, ge=1024, le=65535, description="The port the OpenAI-compatible API listens on.")
+    resources: Resources = Field(
+        default_factory=Resources, description="Replicas, and what each needs: CPU, memory, GPUs (which pick the pool)."
+    )
+    autoscaling: Autoscaling | None = Field(
+        None, description="Scale replicas on the request backlog with KEDA (vLLM only); unset: resources.replicas."
+    )
+    startup_timeout_seconds: int = Field(
+        900,
+        ge=10,
+        le=86_400,
+        description="How long a replica may take to load the model and answer /health before it counts as failed.",
+    )
+
+
 class _Task(Model):
     key_hints: ClassVar[dict[str, str]] = {
         k: "belongs under 'spec:'"
@@ -547,6 +660,13 @@ class InferenceTask(_Task):
     spec: InferenceSpec = Field(description="What to run, on what, with which resources.")
 
 
+class ServingTask(_Task):
+    """Serve a model as an OpenAI-compatible endpoint: on its GPU pool, or locally."""
+
+    kind: Literal["ServingTask"] = Field(description="A task that serves a model as an endpoint.")
+    spec: ServingSpec = Field(description="What to serve, with which engine and resources.")
+
+
 class TaskHeader(_Task):
     """What every kind shares: still checked when the kind is missing or unknown."""
 
@@ -554,5 +674,5 @@ class TaskHeader(_Task):
     spec: Any = None
 
 
-Task = Annotated[TrainingTask | InferenceTask, Field(discriminator="kind")]
-KINDS = ["TrainingTask", "InferenceTask"]
+Task = Annotated[TrainingTask | InferenceTask | ServingTask, Field(discriminator="kind")]
+KINDS = ["TrainingTask", "InferenceTask", "ServingTask"]

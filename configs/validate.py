@@ -16,7 +16,7 @@ from configs import hyperparameters
 from configs.checks import template_fields
 from configs.errors import ConfigIssue, Loc, TaskError, choice_hint, did_you_mean, dotted, yaml_type
 from configs.gpus import gpu_type
-from configs.models import KINDS, FieldError, InferenceTask, QloraAdapter, Task, TaskHeader, TrainingTask
+from configs.models import KINDS, FieldError, InferenceTask, QloraAdapter, ServingTask, Task, TaskHeader, TrainingTask
 from configs.secrets import HINT as SECRET_HINT
 from configs.secrets import find_secrets, mask
 from configs.tasktypes import TaskTypeInfo
@@ -31,7 +31,7 @@ class Result:
     """The outcome of validating one file."""
 
     file: str
-    task: TrainingTask | InferenceTask | None = None
+    task: TrainingTask | InferenceTask | ServingTask | None = None
     issues: list[ConfigIssue] = field(default_factory=list)
     unreadable: bool = False
 
@@ -194,7 +194,10 @@ def _translate(err: Mapping[str, Any], data: Any, out: _Collector, root: Any = T
 # --- checks that span sections ----------------------------------------------------------------
 
 
-def _cross_checks(task: TrainingTask | InferenceTask, info: TaskTypeInfo | None, out: _Collector) -> None:
+def _cross_checks(task: TrainingTask | InferenceTask | ServingTask, info: TaskTypeInfo | None, out: _Collector) -> None:
+    if isinstance(task, ServingTask):
+        _serving_checks(task, out)
+        return
     spec = task.spec
     gpu = spec.resources.hardware.gpu
     if info is not None and info.requires_one_of and not any(getattr(spec, s, None) for s in info.requires_one_of):
@@ -234,8 +237,6 @@ def _cross_checks(task: TrainingTask | InferenceTask, info: TaskTypeInfo | None,
             ("spec", "output", "artifacts", artifacts.index("eval_results")),
             "'eval_results' needs evaluation — set spec.evaluation.enabled: true",
         )
-    if evaluation.backend == "vllm" and gpu.count == 0:
-        out.add(("spec", "evaluation", "backend"), "vllm needs a GPU and this task asks for none — use 'auto'")
     prep = task.spec.dataset.preprocessing
     if prep.completion_template is not None and prep.prompt_template is None:
         out.add(
@@ -328,6 +329,68 @@ def _inference_checks(task: InferenceTask, info: TaskTypeInfo | None, out: _Coll
         out.add(("spec", "inputs", "document_field"), "scores retrieval, and there is no spec.retrieval — remove it")
 
 
+def _serving_checks(task: ServingTask, out: _Collector) -> None:
+    spec = task.spec
+    engine = spec.engine
+    resources = spec.resources
+    gpu = resources.hardware.gpu
+    if spec.model.source.type == "remote":
+        # a remote endpoint is registered, not deployed: what shapes a deployment would do nothing
+        why = "the model is remote: its endpoint is registered and nothing is deployed, so this would do nothing"
+        for name in ("engine", "autoscaling", "port"):
+            if name in spec.model_fields_set:
+                out.add(("spec", name), f"is set, and {why} — remove it", at_key=True)
+        if spec.model.adapters:
+            out.add(("spec", "model", "adapters"), f"are set, and {why} — remove them", at_key=True)
+        if "resources" in spec.model_fields_set:
+            out.add(("spec", "resources"), f"is set, and {why} — remove it", at_key=True)
+        return
+    names = [spec.model.name or task.metadata.name, *(a.name for a in spec.model.adapters)]
+    for index, adapter in enumerate(spec.model.adapters):
+        if names.index(adapter.name) != index + 1:
+            out.add(
+                ("spec", "model", "adapters", index, "name"),
+                f"'{adapter.name}' is already the name of "
+                + ("the base model" if names.index(adapter.name) == 0 else "another adapter")
+                + " — clients pick a model by name: give each its own",
+            )
+    if engine.name == "transformers":
+        refuse = "`transformers serve` serves one model, on one device, and"
+        if spec.model.adapters:
+            out.add(
+                ("spec", "model", "adapters"),
+                f"are set, and {refuse} no adapters — use engine name: vllm, or serve a merged full_model",
+                at_key=True,
+            )
+        if spec.autoscaling is not None:
+            out.add(
+                ("spec", "autoscaling"),
+                "scales on vLLM's request backlog (vllm:num_requests_waiting), which `transformers serve` does not "
+                "export — use engine name: vllm, or set resources.replicas",
+                at_key=True,
+            )
+        if gpu.count > 1:
+            out.add(
+                ("spec", "resources", "hardware", "gpu", "count"),
+                f"is {gpu.count}, and {refuse} would use one GPU — set count: 1, or use engine name: vllm "
+                "(tensor parallel)",
+            )
+        for name in ("max_model_len", "gpu_memory_utilization", "max_lora_rank"):
+            if name in engine.model_fields_set:
+                out.add(
+                    ("spec", "engine", name),
+                    "is a vLLM setting, and `transformers serve` has none like it — remove it, or use name: vllm",
+                    at_key=True,
+                )
+    if spec.autoscaling is not None and "replicas" in resources.model_fields_set:
+        out.add(
+            ("spec", "resources", "replicas"),
+            "is set, and spec.autoscaling decides the replica count between min_replicas and max_replicas — "
+            "remove replicas",
+            at_key=True,
+        )
+
+
 # --- entry points -----------------------------------------------------------------------------
 
 
@@ -416,7 +479,7 @@ def _collect_strings(value: Any, loc: Loc, doc: Document) -> None:
         doc.strings.append((loc, value, False))
 
 
-def load_task_data(data: Any) -> TrainingTask | InferenceTask:
+def load_task_data(data: Any) -> TrainingTask | InferenceTask | ServingTask:
     """A task from data MLOC itself wrote (a job file): structure only, no registry needed."""
     return _ADAPTER.validate_python(data)
 
@@ -505,7 +568,7 @@ def expand_paths(paths: Iterable[Path | str]) -> list[Path]:
     return out
 
 
-def load_task(path: Path | str, task_types: Mapping[str, TaskTypeInfo]) -> TrainingTask | InferenceTask:
+def load_task(path: Path | str, task_types: Mapping[str, TaskTypeInfo]) -> TrainingTask | InferenceTask | ServingTask:
     """The validated task in ``path``; raises :class:`TaskError` listing every problem."""
     result = validate_file(path, task_types)
     if result.task is None:

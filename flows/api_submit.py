@@ -16,7 +16,7 @@ from uuid import UUID
 
 from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
-from configs import ConfigIssue, InferenceTask, TrainingTask, validate_text
+from configs import ConfigIssue, InferenceTask, ServingTask, TrainingTask, validate_text
 from configs.errors import Loc, dotted
 from configs.models import LocalDestination, LocalSource
 from configs.yamlsource import parse
@@ -84,6 +84,12 @@ def prepare(text: str, *, local: bool | None) -> Plan:
     if result.task is None:
         raise ApiError(422, f"the task.yaml is not valid: {len(result.issues)} error(s)", result.issues)
     task = result.task
+    if isinstance(task, ServingTask):
+        raise ApiError(
+            422,
+            f"'{task.metadata.name}' is a ServingTask: it is served, not run as a task — serve it with "
+            "`mloc serve up FILE`, and read its status at GET /api/v1/services/{name}",
+        )
     misplaced = local_path_issues(task, text, local_roots())
     if misplaced:
         raise ApiError(

@@ -22,7 +22,7 @@ from prefect import flow, get_run_logger, task
 from prefect.artifacts import create_progress_artifact
 from prefect.cache_policies import NO_CACHE
 
-from configs import InferenceTask, TrainingTask, validate_data
+from configs import InferenceTask, ServingTask, TrainingTask, validate_data
 from configs.models import Task
 from flows import inference, report, trainjob_run
 from flows.home import fetch_logged, mloc_home, task_digest, upload_step
@@ -206,6 +206,11 @@ def pipeline(task: Task, base_dir: str = ".", task_yaml_sha256: str | None = Non
     if not checked.valid or checked.task is None:
         raise ValueError("the task is not valid:\n" + "\n".join(i.format() for i in checked.issues))
     task_ = checked.task
+    if isinstance(task_, ServingTask):
+        raise ValueError(
+            f"'{task_.metadata.name}' is a ServingTask: it is served, not run — serve it with "
+            "`mloc serve up FILE --local` (or the mloc-serve flow), which keeps it up and reports its status"
+        )
     if isinstance(task_, InferenceTask):
         held, why_not = gpus_held_here(task_)
         _tag_this_run(run_tags(task_, held_here=held))

@@ -431,11 +431,12 @@ def build_tokenizer(texts: list[str]):
 # ---------------------------------------------------------------------------------------------
 
 MODEL_CONFIG = {
-    "hidden_size": 64,
-    "intermediate_size": 172,
+    # head_dim = hidden_size / num_attention_heads = 64: vLLM's CPU attention rejects smaller heads
+    "hidden_size": 128,
+    "intermediate_size": 344,
     "num_hidden_layers": 2,
-    "num_attention_heads": 4,
-    "num_key_value_heads": 4,
+    "num_attention_heads": 2,
+    "num_key_value_heads": 2,
     "max_position_embeddings": 128,
     "tie_word_embeddings": True,
     "initializer_range": 0.02,
