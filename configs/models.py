@@ -162,9 +162,24 @@ class RemoteModelSource(Model):
     )
 
 
+class ServiceModelSource(Model):
+    type: Literal["service"] = Field(
+        description="The endpoint of an MLOC ServingTask: its base URL and served names are read from it, and this "
+        "run holds no GPU for it."
+    )
+    task: LocalPath = Field(description="The ServingTask's task.yaml, relative to this file.")
+    model: TaskName | None = Field(
+        None, description="Which served model answers: the base model's name (the default) or one of its adapters'."
+    )
+    timeout_seconds: int = Field(
+        120, ge=1, le=3600, description="How long one request may take before it is retried (then fails)."
+    )
+
+
 ModelSource = Annotated[HuggingFaceModelSource | S3Source | LocalSource, Field(discriminator="type")]
 InferenceModelSource = Annotated[
-    HuggingFaceModelSource | S3Source | LocalSource | RemoteModelSource, Field(discriminator="type")
+    HuggingFaceModelSource | S3Source | LocalSource | RemoteModelSource | ServiceModelSource,
+    Field(discriminator="type"),
 ]
 DatasetSource = Annotated[HuggingFaceDatasetSource | S3Source | LocalSource, Field(discriminator="type")]
 
@@ -242,7 +257,8 @@ class ModelSpec(Model):
 
 class InferenceModelSpec(Model):
     source: InferenceModelSource = Field(
-        description="The model that answers: weights to load (huggingface, s3, local) or a remote endpoint."
+        description="The model that answers: weights to load (huggingface, s3, local), a remote endpoint, or an "
+        "MLOC ServingTask's endpoint (service)."
     )
 
 

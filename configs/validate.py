@@ -276,12 +276,12 @@ def _inference_checks(task: InferenceTask, info: TaskTypeInfo | None, out: _Coll
                 + ("question" if needed == "question" else "retrieved chunks")
                 + " would never reach the model: add it",
             )
-    if spec.task_type == "agent" and source.type != "remote":
+    if spec.task_type == "agent" and source.type not in ("remote", "service"):
         out.add(
             ("spec", "model", "source", "type"),
             f"'{source.type}' loads the weights through transformers, whose chat models (ChatHuggingFace) never "
             "parse tool calls, so an agent on them could not call a tool — use type: remote with the base_url of "
-            "an OpenAI-compatible server that does tool calling (a vLLM or ServingTask endpoint)",
+            "an OpenAI-compatible server that does tool calling (a vLLM server), or type: service naming a ServingTask",
         )
     if spec.agent is not None and "retriever" in spec.agent.tools and spec.retrieval is None:
         out.add(
@@ -297,7 +297,7 @@ def _inference_checks(task: InferenceTask, info: TaskTypeInfo | None, out: _Coll
             "replicas belong to a ServingTask: set replicas: 1",
         )
     gpu = spec.resources.hardware.gpu
-    if source.type == "remote" and gpu.count > 0:
+    if source.type in ("remote", "service") and gpu.count > 0:
         out.add(
             ("spec", "resources", "hardware", "gpu"),
             "asks for GPUs, and the model is remote: it runs on its own server, and this run would hold GPUs for "

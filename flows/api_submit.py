@@ -18,7 +18,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from configs import ConfigIssue, InferenceTask, ServingTask, TrainingTask, validate_text
 from configs.errors import Loc, dotted
-from configs.models import LocalDestination, LocalSource
+from configs.models import LocalDestination, LocalSource, ServiceModelSource
 from configs.yamlsource import parse
 from flows.deploy import Plan, apply, plan
 from flows.pipeline import FLOW_NAME
@@ -163,6 +163,8 @@ def _local_paths(value: Any, loc: Loc) -> Iterator[tuple[Loc, str]]:
     # walks the whole model, so a local source added to the format later is checked too
     if isinstance(value, (LocalSource, LocalDestination)):
         yield (*loc, "path"), value.path
+    elif isinstance(value, ServiceModelSource):  # the ServingTask's task.yaml, read on the worker
+        yield (*loc, "task"), value.task
     elif isinstance(value, BaseModel):
         for name, info in type(value).model_fields.items():
             yield from _local_paths(getattr(value, name), (*loc, info.alias or name))

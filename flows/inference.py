@@ -240,6 +240,19 @@ def _model(task_: InferenceTask, inputs: dict[str, dict[str, Any]]) -> tuple[Any
 # --- the pipeline -----------------------------------------------------------------------------
 
 
+def _served_by(task_: InferenceTask, root: Path) -> InferenceTask:
+    """``task_`` with its ``service`` model source resolved to the endpoint the ServingTask answers at."""
+    from tasks.serving.endpoint import resolve
+    from work_pools.job_template import NAMESPACE
+
+    source = task_.spec.model.source
+    assert source.type == "service"
+    remote = resolve(source, root, mloc_home(), NAMESPACE)
+    get_run_logger().info("model: %s of the service %s, at %s", remote.model, source.task, remote.base_url)
+    model = task_.spec.model.model_copy(update={"source": remote})
+    return task_.model_copy(update={"spec": task_.spec.model_copy(update={"model": model})})
+
+
 def run_inference(task_: InferenceTask, root: Path, started: float, task_yaml_sha256: str | None) -> dict[str, Any]:
     """The inference steps of the `mloc` flow, after the run is tagged."""
     import hashlib
@@ -250,6 +263,8 @@ def run_inference(task_: InferenceTask, root: Path, started: float, task_yaml_sh
     from flows import report
     from tasks.inference import publish, scoring
 
+    if task_.spec.model.source.type == "service":  # from here on, the service's endpoint is a remote model
+        task_ = _served_by(task_, root)
     inputs = download_step(task_, root)
     key = hashlib.sha256(
         json.dumps([task_digest(task_), {r: i["content_hash"] for r, i in inputs.items()}]).encode()
