@@ -516,7 +516,13 @@ class Engine(Model):
 
 
 class Autoscaling(Model):
-    min_replicas: int = Field(1, ge=0, le=64, description="Fewest replicas; 0 lets an idle service scale to zero.")
+    min_replicas: int = Field(
+        1,
+        ge=1,
+        le=64,
+        description="Fewest replicas, at least 1: the backlog is read from the replicas themselves, so a service "
+        "scaled to zero would have none to read it from and never scale up again.",
+    )
     max_replicas: int = Field(ge=1, le=64, description="Most replicas.")
     target_backlog: int = Field(
         8,

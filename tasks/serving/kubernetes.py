@@ -4,7 +4,7 @@ The client is kubernetes_asyncio through prefect-kubernetes' ``KubernetesCredent
 pod, its service account; else the kubeconfig KUBECONFIG names), as for TrainJobs.
 
 - :func:`apply` writes only what differs: every object MLOC renders carries the digest of its
-  rendering (``mloc/spec-digest``, work_pools/serving.py); an object whose live digest is the
+  rendering in an annotation (``mloc/spec-digest``, work_pools/serving.py); an object whose live digest is the
   same is left alone, so converging an unchanged spec sends no write. A changed one is
   replaced (its resourceVersion, and a Service's cluster IP, kept), which rolls the Deployment
   forward; an object the spec no longer renders (the ScaledObject once autoscaling is
@@ -23,7 +23,6 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-DIGEST_ANNOTATION = "mloc/spec-digest"
 KEDA_GROUP, KEDA_VERSION, KEDA_PLURAL = "keda.sh", "v1alpha1", "scaledobjects"
 # container states Kubernetes reports for a configuration it cannot start: no retry mends them
 CONFIGURATION_REASONS = {
@@ -58,10 +57,10 @@ def _plain(api: Any, obj: Any) -> dict[str, Any]:
     return dict(api.api_client.sanitize_for_serialization(obj))
 
 
-def _digest(obj: dict[str, Any] | None) -> str | None:
+def _digest(obj: dict[str, Any] | None, key: str) -> str | None:
     if obj is None:
         return None
-    return ((obj.get("metadata") or {}).get("annotations") or {}).get(DIGEST_ANNOTATION)
+    return ((obj.get("metadata") or {}).get("annotations") or {}).get(key)
 
 
 class _Kind:
@@ -130,6 +129,11 @@ KINDS = ("Deployment", "Service", "ScaledObject")
 def _with_live_fields(kind: str, wanted: dict[str, Any], live: dict[str, Any]) -> dict[str, Any]:
     """``wanted`` as a replacement of ``live``: its resourceVersion, and a Service's cluster IPs."""
     body = {**wanted, "metadata": {**wanted["metadata"]}}
+    if kind == "Deployment" and "replicas" not in (wanted.get("spec") or {}):
+        # autoscaled: the replica count is KEDA's (its HPA's); a replacement without one would reset it to 1
+        live_replicas = (live.get("spec") or {}).get("replicas")
+        if live_replicas is not None:
+            body["spec"] = {**wanted["spec"], "replicas": live_replicas}
     version = (live.get("metadata") or {}).get("resourceVersion")
     if version:
         body["metadata"]["resourceVersion"] = version
@@ -142,20 +146,21 @@ def _with_live_fields(kind: str, wanted: dict[str, Any], live: dict[str, Any]) -
     return body
 
 
-async def differing(objects: list[dict[str, Any]], namespace: str) -> list[str]:
+async def differing(objects: list[dict[str, Any]], namespace: str, digest_key: str) -> list[str]:
     """What :func:`apply` would write, as 'create Deployment x' lines; empty when all is applied."""
     async with clients() as (apps, core, custom):
-        return await _plan(objects, namespace, apps, core, custom, write=False)
+        return await _plan(objects, namespace, digest_key, apps, core, custom, write=False)
 
 
-async def apply(objects: list[dict[str, Any]], namespace: str) -> list[str]:
-    """Create, replace or delete what differs from ``objects``; the writes made, as lines."""
+async def apply(objects: list[dict[str, Any]], namespace: str, digest_key: str) -> list[str]:
+    """Create, replace or delete what differs from ``objects``, each object's rendered digest in
+    its annotation ``digest_key``; the writes made, as lines."""
     async with clients() as (apps, core, custom):
-        return await _plan(objects, namespace, apps, core, custom, write=True)
+        return await _plan(objects, namespace, digest_key, apps, core, custom, write=True)
 
 
 async def _plan(
-    objects: list[dict[str, Any]], namespace: str, apps: Any, core: Any, custom: Any, *, write: bool
+    objects: list[dict[str, Any]], namespace: str, key: str, apps: Any, core: Any, custom: Any, *, write: bool
 ) -> list[str]:
     writes: list[str] = []
     rendered = {o["kind"]: o for o in objects}
@@ -165,7 +170,7 @@ async def _plan(
         wanted = rendered.get(kind)
         live = await api.read(name, namespace)
         if wanted is None:
-            if live is not None and _digest(live) is not None:  # MLOC's, no longer rendered
+            if live is not None and _digest(live, key) is not None:  # MLOC's, no longer rendered
                 writes.append(f"delete {kind} {name}")
                 if write:
                     await api.delete(name, namespace)
@@ -174,7 +179,7 @@ async def _plan(
             writes.append(f"create {kind} {name}")
             if write:
                 await api.create(namespace, wanted)
-        elif _digest(live) != _digest(wanted):
+        elif _digest(live, key) != _digest(wanted, key):
             writes.append(f"replace {kind} {name}")
             if write:
                 await api.replace(name, namespace, _with_live_fields(kind, wanted, live))
@@ -252,6 +257,4 @@ def classify(view: ClusterView) -> tuple[str, str | None, str]:
                 )
     if view.wanted and view.available >= view.wanted:
         return "Running", None, f"{view.available} of {view.wanted} replica(s) available"
-    if view.wanted == 0:
-        return "Running", None, "scaled to zero: no replica until requests wait"
     return "Pending", None, f"{view.available} of {view.wanted} replica(s) available"

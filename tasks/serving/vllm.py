@@ -15,7 +15,6 @@ if TYPE_CHECKING:
 ENGINE = "vllm"
 # where the CUDA worker image puts vLLM's own environment (infra/docker/Dockerfile.cuda)
 IMAGE_EXECUTABLE = "/opt/vllm/bin/vllm"
-BACKLOG_METRIC = "vllm:num_requests_waiting"
 
 
 def server_command(plan: ServePlan, executable: str = IMAGE_EXECUTABLE) -> tuple[list[str], str | None]:

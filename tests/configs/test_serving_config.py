@@ -112,6 +112,12 @@ CASES = [
         "nothing is deployed",
         id="remote-with-resources",
     ),
+    pytest.param(
+        {"autoscaling": {"min_replicas": 0, "max_replicas": 2}},
+        "spec.autoscaling.min_replicas",
+        "must be >= 1",
+        id="no-scale-to-zero",
+    ),
     pytest.param({"schedule": {"cron": "0 3 * * *"}}, "spec.schedule", "unknown field", id="no-schedule"),
     pytest.param({"port": 80}, "spec.port", "must be >= 1024", id="privileged-port"),
     pytest.param({"engine__name": "tgi"}, "spec.engine.name", "vllm", id="unknown-engine"),
