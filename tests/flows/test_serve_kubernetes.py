@@ -1,0 +1,126 @@
+"""Applying a ServingTask's objects on Kubernetes: only what differs is written.
+
+No Kubernetes API server can run here, so one is faked at the HTTP boundary
+(tests/flows/fake_serving_cluster.py): the real client (kubernetes_asyncio, through
+prefect-kubernetes' credentials and a kubeconfig pointing at the fake) sends real requests,
+and the fake records each one, so the tests count the writes.
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import kubernetes_asyncio  # noqa: F401 — imported before KUBECONFIG is set, as elsewhere in a whole suite
+import pytest
+import yaml
+
+from configs import ServingTask, validate_text
+from flows.serve_kubernetes import service_manifests
+from tasks.registry import TASK_TYPES
+from tasks.serving import kubernetes
+from tests.flows.fake_serving_cluster import UNSCHEDULABLE, FakeServingCluster
+from work_pools import pool_for_task
+from work_pools.job_template import NAMESPACE
+from work_pools.serving import DIGEST_ANNOTATION, pod_selector
+
+EXAMPLE = Path(__file__).resolve().parents[2] / "configs" / "serve_mistral_7b.yaml"
+
+
+@pytest.fixture
+def cluster(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> Iterator[FakeServingCluster]:
+    fake = FakeServingCluster(tmp_path)
+    monkeypatch.setenv("KUBECONFIG", str(fake.start()))
+    monkeypatch.delenv("KUBERNETES_SERVICE_HOST", raising=False)
+    try:
+        yield fake
+    finally:
+        fake.stop()
+
+
+def _task(**spec: Any) -> ServingTask:
+    data = yaml.safe_load(EXAMPLE.read_text())
+    for key, value in spec.items():
+        if value is None:
+            data["spec"].pop(key, None)
+        else:
+            data["spec"][key] = value
+    task = validate_text(yaml.safe_dump(data), "serve.yaml", TASK_TYPES).task
+    assert isinstance(task, ServingTask)
+    return task
+
+
+def _apply(task: ServingTask) -> list[str]:
+    objects = service_manifests(task, pool_for_task(task))
+    return asyncio.run(kubernetes.apply(objects, NAMESPACE, DIGEST_ANNOTATION))
+
+
+def test_a_second_converge_of_an_unchanged_spec_sends_no_write(cluster: FakeServingCluster) -> None:
+    task = _task()
+    name = task.metadata.name
+    assert _apply(task) == [f"create {kind} {name}" for kind in ("Deployment", "Service", "ScaledObject")]
+    assert len(cluster.writes) == 3
+    writes = list(cluster.writes)
+    assert _apply(task) == []
+    assert cluster.writes == writes, "an unchanged spec wrote to the API server"
+    reads = [r for r in cluster.requests if r[0] == "GET"]
+    assert len(reads) == 6, "each converge reads the three objects once"
+    objects = service_manifests(task, pool_for_task(task))
+    assert asyncio.run(kubernetes.differing(objects, NAMESPACE, DIGEST_ANNOTATION)) == []
+
+
+def test_a_changed_spec_rolls_forward_what_it_changes_and_keeps_the_rest(cluster: FakeServingCluster) -> None:
+    task = _task()
+    name = task.metadata.name
+    _apply(task)
+    service_ip = cluster.get("services", NAMESPACE, name)["spec"]["clusterIP"]  # type: ignore[index]
+    # KEDA's HPA has scaled the Deployment to 3 meanwhile
+    cluster.objects[("deployments", NAMESPACE, name)]["spec"]["replicas"] = 3
+    longer = _task(engine={**task.spec.engine.model_dump(), "max_model_len": 8192})
+    before = len(cluster.writes)
+    assert _apply(longer) == [f"replace Deployment {name}"]
+    assert len(cluster.writes) == before + 1
+    deployment = cluster.get("deployments", NAMESPACE, name)
+    assert deployment is not None
+    assert "8192" in deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+    assert deployment["spec"]["replicas"] == 3, "the replacement reset the autoscaled replica count"
+    # no autoscaling any more: the ScaledObject goes, the Deployment gets its own replica count
+    fixed = _task(autoscaling=None, engine={**longer.spec.engine.model_dump()})
+    assert sorted(_apply(fixed)) == [f"delete ScaledObject {name}", f"replace Deployment {name}"]
+    assert cluster.get("scaledobjects", NAMESPACE, name) is None
+    assert cluster.get("services", NAMESPACE, name)["spec"]["clusterIP"] == service_ip  # type: ignore[index]
+    assert _apply(fixed) == []
+
+
+@pytest.mark.parametrize(
+    ("mode", "phase", "reason", "fragment"),
+    [
+        ("ready", "Running", None, "1 of 1 replica(s) available"),
+        ("unschedulable", "Failed", "Unschedulable", UNSCHEDULABLE),
+        ("crashing", "Failed", "Crashing", "exited 1"),
+    ],
+)
+def test_the_status_is_what_kubernetes_says_of_the_pods(
+    cluster: FakeServingCluster, mode: str, phase: str, reason: str | None, fragment: str
+) -> None:
+    task = _task(autoscaling=None)
+    name = task.metadata.name
+    assert asyncio.run(kubernetes.observe(name, NAMESPACE, pod_selector(name))).deployment is None
+    _apply(task)
+    cluster.mode = mode
+    view = asyncio.run(kubernetes.observe(name, NAMESPACE, pod_selector(name)))
+    got_phase, got_reason, message = kubernetes.classify(view)
+    assert (got_phase, got_reason) == (phase, reason)
+    assert fragment in message
+
+
+def test_delete_takes_every_object_down_and_is_idempotent(cluster: FakeServingCluster) -> None:
+    task = _task()
+    name = task.metadata.name
+    _apply(task)
+    deleted = asyncio.run(kubernetes.delete_all(name, NAMESPACE))
+    assert sorted(deleted) == sorted(f"delete {k} {name}" for k in ("Deployment", "Service", "ScaledObject"))
+    assert not cluster.objects
+    assert asyncio.run(kubernetes.delete_all(name, NAMESPACE)) == []
