@@ -10,7 +10,9 @@ lists pods by label, and records every request (method, path), so a test can cou
 Its "controller" plays the Deployment controller and kubelet for a Deployment's pods, by
 ``mode``: "ready" (its pods Running and Ready, availableReplicas = replicas), "unschedulable"
 (Pending, PodScheduled=False with reason Unschedulable) or "crashing" (CrashLoopBackOff after
-an exit code 1). No container runs.
+an exit code 1). No container runs; :meth:`endpoint` stands in for the Service's address: it
+answers ``/health`` and ``/v1/models`` (the served names of the Deployment's ``--served-model-name``
+and ``--lora-modules``, as vLLM would list them) while the pods are "ready".
 """
 
 from __future__ import annotations
@@ -44,6 +46,7 @@ class FakeServingCluster:
         self.lock = threading.Lock()
         self.version = 0
         self.server: ThreadingHTTPServer | None = None
+        self.endpoints: list[ThreadingHTTPServer] = []
 
     @property
     def writes(self) -> list[tuple[str, str]]:
@@ -82,9 +85,45 @@ class FakeServingCluster:
         return kubeconfig
 
     def stop(self) -> None:
-        if self.server is not None:
-            self.server.shutdown()
-            self.server.server_close()
+        for server in [self.server, *self.endpoints]:
+            if server is not None:
+                server.shutdown()
+                server.server_close()
+
+    def endpoint(self, namespace: str, name: str) -> str:
+        """The base URL of a stand-in for the Service ``name``'s pods (vLLM's OpenAI routes)."""
+        fake = self
+
+        class Handler(BaseHTTPRequestHandler):
+            def log_message(self, format: str, *args: Any) -> None:  # quiet
+                pass
+
+            def do_GET(self) -> None:
+                deployment = fake.objects.get(("deployments", namespace, name))
+                if fake.mode != "ready" or deployment is None:
+                    self.send_response(503)
+                    self.end_headers()
+                    return
+                if self.path == "/health":
+                    self.send_response(200)
+                    self.end_headers()
+                    return
+                command = deployment["spec"]["template"]["spec"]["containers"][0]["command"]
+                names = [command[command.index("--served-model-name") + 1]]
+                if "--lora-modules" in command:
+                    names += [m.split("=")[0] for m in command[command.index("--lora-modules") + 1 :]]
+                data = json.dumps({"object": "list", "data": [{"id": n, "object": "model"} for n in names]}).encode()
+                self.send_response(200)
+                self.send_header("Content-Type", "application/json")
+                self.send_header("Content-Length", str(len(data)))
+                self.end_headers()
+                self.wfile.write(data)
+
+        server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
+        server.daemon_threads = True
+        threading.Thread(target=server.serve_forever, daemon=True).start()
+        self.endpoints.append(server)
+        return f"http://127.0.0.1:{server.server_address[1]}/v1"
 
     def get(self, collection: str, namespace: str, name: str) -> dict[str, Any] | None:
         return self.objects.get((collection, namespace, name))
@@ -147,6 +186,8 @@ class FakeServingCluster:
         stored["metadata"]["namespace"] = key[1]
         if key[0] == "services":
             stored["spec"].setdefault("clusterIP", "10.96.0.42")
+        if key[0] == "deployments":  # the API server's default (then KEDA's HPA sets it)
+            stored["spec"].setdefault("replicas", 1)
         self.objects[key] = stored
         return self._with_status(key[0], stored)
 

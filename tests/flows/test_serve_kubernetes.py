@@ -3,12 +3,15 @@
 No Kubernetes API server can run here, so one is faked at the HTTP boundary
 (tests/flows/fake_serving_cluster.py): the real client (kubernetes_asyncio, through
 prefect-kubernetes' credentials and a kubeconfig pointing at the fake) sends real requests,
-and the fake records each one, so the tests count the writes.
+and the fake records each one, so the tests count the writes. The pods' endpoint cannot exist
+either (a vLLM on GPUs): the fake's stand-in answers /health and /v1/models for it.
 """
 
 from __future__ import annotations
 
 import asyncio
+import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -18,15 +21,18 @@ import pytest
 import yaml
 
 from configs import ServingTask, validate_text
-from flows.serve_kubernetes import service_manifests
+from configs.models import LocalSource
+from flows.serve_kubernetes import ClusterService, cluster_status, goals, service_manifests
 from tasks.registry import TASK_TYPES
 from tasks.serving import kubernetes
+from tasks.serving.goals import converge
 from tests.flows.fake_serving_cluster import UNSCHEDULABLE, FakeServingCluster
 from work_pools import pool_for_task
 from work_pools.job_template import NAMESPACE
 from work_pools.serving import DIGEST_ANNOTATION, pod_selector
 
 EXAMPLE = Path(__file__).resolve().parents[2] / "configs" / "serve_mistral_7b.yaml"
+QUICKSTART_MODEL = EXAMPLE.parent / "quickstart" / "tiny-model"
 
 
 @pytest.fixture
@@ -124,3 +130,67 @@ def test_delete_takes_every_object_down_and_is_idempotent(cluster: FakeServingCl
     assert sorted(deleted) == sorted(f"delete {k} {name}" for k in ("Deployment", "Service", "ScaledObject"))
     assert not cluster.objects
     assert asyncio.run(kubernetes.delete_all(name, NAMESPACE)) == []
+
+
+def _cluster_service(task: ServingTask, cluster: FakeServingCluster, tmp_path: Path) -> ClusterService:
+    """The serve flow's view, with this process as the flow pod: its MLOC home is the "cache volume"."""
+    model = tmp_path / "model"
+    if not model.exists():
+        shutil.copytree(QUICKSTART_MODEL, model)
+        adapter = tmp_path / "adapter"
+        adapter.mkdir()
+        (adapter / "adapter_config.json").write_text(json.dumps({"peft_type": "LORA", "r": 8}))
+    local = task.model_copy(deep=True)
+    local.spec.model.source = LocalSource(type="local", path=str(model))
+    local.spec.model.adapters[0].source = LocalSource(type="local", path=str(tmp_path / "adapter"))
+    return ClusterService(
+        local,
+        pool_for_task(local),
+        base_dir=tmp_path,
+        home=tmp_path / "home",
+        base_url=cluster.endpoint(NAMESPACE, task.metadata.name),
+    )
+
+
+def test_converging_through_the_goals_twice_writes_nothing_the_second_time(
+    cluster: FakeServingCluster, tmp_path: Path
+) -> None:
+    ctx = _cluster_service(_task(), cluster, tmp_path)
+    first = converge(goals(ctx), ctx, sleep=lambda s: None)
+    assert first.achieved, first.to_dict()
+    assert [r.outcome for r in first.records] == ["ensured", "ensured", "kept", "kept"]
+    writes = list(cluster.writes)
+    assert len(writes) == 3
+    second = converge(goals(ctx), ctx, sleep=lambda s: None)
+    assert [r.outcome for r in second.records] == ["kept"] * 4 and not second.changed
+    assert cluster.writes == writes, "the second converge wrote to the API server"
+    running = cluster_status(ctx)
+    assert (running.phase, running.models) == ("Running", ["mistral-7b-instruct", "mistral-7b-dolly"])
+
+
+def test_a_service_that_cannot_be_scheduled_fails_with_the_reason_kubernetes_gives(
+    cluster: FakeServingCluster, tmp_path: Path
+) -> None:
+    cluster.mode = "unschedulable"
+    ctx = _cluster_service(_task(), cluster, tmp_path)
+    result = converge(goals(ctx), ctx, sleep=lambda s: None)
+    assert result.failed is not None and result.failed.name == "replicas available"
+    assert result.failed.reason == "Unschedulable" and "Insufficient nvidia.com/gpu" in result.failed.detail
+    assert [r.outcome for r in result.records][-1] == "skipped"
+    failed = cluster_status(ctx)
+    assert (failed.phase, failed.reason) == ("Failed", "Unschedulable")
+    cluster.mode = "ready"  # a GPU node joined: the next converge finds it Running without writing
+    writes = list(cluster.writes)
+    assert converge(goals(ctx), ctx, sleep=lambda s: None).achieved
+    assert cluster.writes == writes
+
+
+def test_a_model_that_cannot_be_fetched_fails_before_anything_is_applied(
+    cluster: FakeServingCluster, tmp_path: Path
+) -> None:
+    ctx = _cluster_service(_task(), cluster, tmp_path)
+    ctx.task.spec.model.source = LocalSource(type="local", path=str(tmp_path / "nowhere"))
+    result = converge(goals(ctx), ctx, sleep=lambda s: None)
+    assert result.failed is not None and result.failed.reason == "ModelNotFound"
+    assert "does not exist" in result.failed.detail
+    assert cluster.writes == []
