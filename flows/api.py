@@ -14,6 +14,7 @@ artifacts), so it keeps no state and any number of copies can serve side by side
   flow-run pod's disk is not the API's to read, so the outputs come from the artifact the
   run publishes last, after its upload (:func:`flows.report.publish_outputs`).
 - ``GET /api/v1/stats`` is :func:`flows.usage.usage_report`.
+- ``GET /api/v1/services/{name}`` is how a local service stands (:func:`tasks.serving.local.status`).
 
 Every ``/api/v1`` endpoint needs ``Authorization: Bearer <token>``. The check is a router
 dependency, which FastAPI runs before an endpoint's own parameters; the submit endpoint
@@ -314,6 +315,37 @@ async def read_stats(
     except ValueError as exc:  # a window the calendar cannot hold
         raise ApiError(422, str(exc)) from None
     return result
+
+
+class ServiceState(BaseModel):
+    """How a service stands, from real probes of its endpoint (`mloc serve status --json`)."""
+
+    name: str = Field(description="The ServingTask's metadata.name.")
+    phase: str = Field(description="Pending (starting), Running (every model answers) or Failed.")
+    reason: str | None = Field(
+        description="Why it Failed: ConfigurationError, ModelNotFound, Unschedulable, Crashing or "
+        "EndpointUnreachable; null otherwise."
+    )
+    message: str = Field(description="What was seen, and for a failure what to do.")
+    backend: str = Field(description="Where it runs: local (a server process on the API's machine) or kubernetes.")
+    engine: str | None = Field(description="vllm or transformers.")
+    base_url: str | None = Field(description="The OpenAI-compatible API root, ending in /v1.")
+    models: list[str] = Field(description="The model names it answers for: the base model's and each adapter's.")
+    replicas_wanted: int
+    replicas_ready: int
+    since: str | None = Field(description="When it entered this phase (UTC, ISO 8601).")
+
+
+@router.get("/services/{name}", responses={404: _error("No service of that name is served here.")})
+async def read_service(name: str) -> ServiceState:
+    """The status of a service brought up with `mloc serve up --local` on the API's machine."""
+    from tasks.serving import local
+
+    try:
+        status = await anyio.to_thread.run_sync(local.status, name)  # probes block: off the event loop
+    except local.NoSuchService as exc:
+        raise ApiError(404, f"{exc} — bring it up with `mloc serve up TASK.yaml --local`") from None
+    return ServiceState.model_validate(status.to_dict())
 
 
 async def _api_error(request: Request, exc: Exception) -> Response:

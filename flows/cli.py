@@ -17,7 +17,7 @@ import typer
 if TYPE_CHECKING:  # imported for real inside the commands that need them: start-up stays fast
     from prefect.client.schemas.objects import State
 
-    from configs import InferenceTask, TrainingTask
+    from configs import InferenceTask, ServingTask, TrainingTask
 
 app = typer.Typer(
     name="mloc",
@@ -87,7 +87,7 @@ def validate(
     raise typer.Exit(code)
 
 
-def _load_or_exit(path: Path, exit_now: bool = True) -> TrainingTask | InferenceTask | None:
+def _load_or_exit(path: Path, exit_now: bool = True) -> TrainingTask | InferenceTask | ServingTask | None:
     from configs import validate_file
     from tasks.registry import TASK_TYPES
 
@@ -111,11 +111,16 @@ def run(
 
     task = _load_or_exit(path)  # a taskType this version cannot run is refused here, by validation
     assert task is not None  # _load_or_exit exits otherwise
-    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # an embedded server stays offline
-    # its first start migrates a new database, which takes longer than Prefect's 20 s default on a busy laptop
-    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
-    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks")  # the steps' own loggers, into the run's logs
-    api = os.environ.get("PREFECT_API_URL")
+    from configs import ServingTask
+
+    if isinstance(task, ServingTask):
+        typer.echo(
+            f"mloc run: {path} is a ServingTask: it is served, not run — `mloc serve up {path} --local` serves it "
+            "on this machine",
+            err=True,
+        )
+        raise typer.Exit(EXIT_INVALID)
+    api = _prefect_for_this_command()
     typer.echo(f"mloc: running {task.metadata.name} on {api or 'an embedded local Prefect server'}")
 
     import prefect
@@ -133,6 +138,15 @@ def run(
         state = flow(task=task, base_dir=str(path.resolve().parent), task_yaml_sha256=digest, return_state=True)
     _summary(state)
     raise typer.Exit(0 if state.is_completed() else 1)
+
+
+def _prefect_for_this_command() -> str | None:
+    """PREFECT_API_URL, or None: this command's flow then runs on an embedded local Prefect server."""
+    os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # an embedded server stays offline
+    # its first start migrates a new database, which takes longer than Prefect's 20 s default on a busy laptop
+    os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
+    os.environ.setdefault("PREFECT_LOGGING_EXTRA_LOGGERS", "tasks")  # the steps' own loggers, into the run's logs
+    return os.environ.get("PREFECT_API_URL")
 
 
 def _summary(state: State[Any]) -> None:
@@ -186,7 +200,7 @@ def deploy(
     pool first: if any fails, nothing is registered.
     Re-deploying an unchanged task changes nothing, so its scheduled runs stay as they were.
     """
-    from configs import expand_paths
+    from configs import ServingTask, expand_paths
     from work_pools import PoolError
 
     files = expand_paths(paths)
@@ -195,6 +209,14 @@ def deploy(
     for file in files:
         task = _load_or_exit(file, exit_now=False)
         if task is None:
+            failed = True
+            continue
+        if isinstance(task, ServingTask):
+            typer.echo(
+                f"FAIL  {file}: a ServingTask is served, not deployed as a pipeline run — `mloc serve up {file} "
+                "--local` serves it on this machine",
+                err=True,
+            )
             failed = True
             continue
         from flows.deploy import plan
@@ -269,6 +291,112 @@ def _worker_hint(pool: str) -> str:
     if pool == LOCAL_POOL:
         return "start one with `mloc worker` on the machine that should run them"
     return f"on a cluster, the Helm release prefect-worker-{pool} (infra/README.md, step 7)"
+
+
+serve_app = typer.Typer(
+    help="Serve a ServingTask as an OpenAI-compatible endpoint: `mloc serve up TASK.yaml --local`, "
+    "`mloc serve status NAME`, `mloc serve delete NAME`.",
+    no_args_is_help=True,
+)
+app.add_typer(serve_app, name="serve")
+
+
+@serve_app.command("up")
+def serve_up(
+    path: Annotated[Path, typer.Argument(help="The ServingTask's task.yaml.")],
+    local: Annotated[
+        bool, typer.Option("--local", help="Serve on this machine: vLLM when its environment exists, on 127.0.0.1.")
+    ] = False,
+) -> None:
+    """Bring a service up, or in line with its task.yaml: converge its goals (engine, model present,
+    server running, available, serving every model) with the serve flow, against PREFECT_API_URL
+    when it is set, else on an embedded local Prefect server. Idempotent: a service that already
+    runs this spec is left as it is; a changed spec restarts its server.
+
+    Prints the base URL once every model answers. Exit code 1 when it cannot be served, with the
+    reason; 2 without --local (Kubernetes serving runs as the serve flow on a pool, not from here).
+    """
+    from configs import ServingTask
+
+    task = _load_or_exit(path)
+    assert task is not None  # _load_or_exit exits otherwise
+    if not isinstance(task, ServingTask):
+        typer.echo(
+            f"mloc serve up: {path} is a {task.kind}, not a ServingTask — run it with `mloc run {path}`", err=True
+        )
+        raise typer.Exit(EXIT_INVALID)
+    if not local:
+        typer.echo(
+            "mloc serve up: serving on Kubernetes is applied by the serve flow (mloc-serve) on a work pool and is "
+            "not wired to this command yet — pass --local to serve on this machine",
+            err=True,
+        )
+        raise typer.Exit(EXIT_UNREADABLE)
+    api = _prefect_for_this_command()
+    typer.echo(f"mloc: serving {task.metadata.name} locally, converged on {api or 'an embedded local Prefect server'}")
+
+    from flows.serve import serve
+
+    state = serve(task=task, base_dir=str(path.resolve().parent), backend="local", return_state=True)
+    out = state.result(raise_on_failure=False)  # a Failed service is a Failed run holding its status
+    if not isinstance(out, dict) or "status" not in out:
+        typer.echo(f"mloc serve up: the serve flow ended {state.name}: {state.message}", err=True)
+        raise typer.Exit(EXIT_INVALID)
+    typer.echo("")
+    for goal in out["converged"]["goals"]:
+        first = (goal["detail"].splitlines() or [""])[0]
+        typer.echo(f"  {goal['name']:17} {goal['outcome']:8} {first}")
+    status = out["status"]
+    if status["phase"] != "Running":
+        typer.echo(
+            f"mloc serve up: {task.metadata.name} is {status['phase']} ({status['reason']}): {status['message']}",
+            err=True,
+        )
+        raise typer.Exit(EXIT_INVALID)
+    typer.echo(f"serving {', '.join(status['models'])} at {status['base_url']}")
+
+
+@serve_app.command("status")
+def serve_status(
+    name: Annotated[str, typer.Argument(help="The service's metadata.name.")],
+    as_json: Annotated[bool, typer.Option("--json", help="Print the status as JSON.")] = False,
+) -> None:
+    """How a local service stands, from real probes: Pending, Running or Failed with a reason
+    (ConfigurationError, ModelNotFound, Crashing, EndpointUnreachable), its base URL and models.
+
+    Exit code 0: Running or Pending; 1: Failed, or no such service.
+    """
+    from tasks.serving import local
+
+    try:
+        status = local.status(name)
+    except local.NoSuchService as exc:
+        typer.echo(f"mloc serve status: {exc} — start it with `mloc serve up TASK.yaml --local`", err=True)
+        raise typer.Exit(EXIT_INVALID) from None
+    if as_json:
+        typer.echo(json.dumps(status.to_dict(), indent=2))
+    else:
+        typer.echo(f"{name}: {status.line()}")
+        typer.echo(f"  since:     {status.since}")
+        typer.echo(f"  engine:    {status.engine} ({status.backend})")
+        typer.echo(f"  base URL:  {status.base_url}")
+        typer.echo(f"  models:    {', '.join(status.models) or '-'}")
+        typer.echo(f"  replicas:  {status.replicas_ready} of {status.replicas_wanted} ready")
+    raise typer.Exit(EXIT_INVALID if status.phase == "Failed" else EXIT_VALID)
+
+
+@serve_app.command("delete")
+def serve_delete(name: Annotated[str, typer.Argument(help="The service's metadata.name.")]) -> None:
+    """Stop a local service's server and forget it; its model and adapters stay in the cache."""
+    from tasks.serving import local
+
+    try:
+        done = local.delete(name)
+    except local.NoSuchService as exc:
+        typer.echo(f"mloc serve delete: {exc}", err=True)
+        raise typer.Exit(EXIT_INVALID) from None
+    for line in done:
+        typer.echo(line)
 
 
 pools_app = typer.Typer(help="The work pools: one per GPU type, plus cpu, any-gpu and local.", no_args_is_help=True)
@@ -377,7 +505,8 @@ def api(
     host: Annotated[str, typer.Option(help="The address to listen on (0.0.0.0: every interface).")] = "127.0.0.1",
     port: Annotated[int, typer.Option(help="The port to listen on.")] = 8080,
 ) -> None:
-    """Serve the REST facade: POST /api/v1/tasks, GET /api/v1/tasks/{id}, GET /api/v1/stats.
+    """Serve the REST facade: POST /api/v1/tasks, GET /api/v1/tasks/{id}, GET /api/v1/stats,
+    GET /api/v1/services/{name}.
 
     Every request needs 'Authorization: Bearer <token>'.
     The token: MLOC_API_TOKEN, else the Prefect Secret block named in MLOC_API_TOKEN_BLOCK; with neither it does not start.
