@@ -34,7 +34,7 @@ import socket
 import subprocess
 import sys
 import time
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
@@ -84,6 +84,7 @@ class Engine:
     argv: list[str]
     cwd: str | None
     note: str  # which engine runs, and why
+    env: dict[str, str] = field(default_factory=dict)  # set for the server beside this process's own
 
 
 @dataclass
@@ -136,6 +137,11 @@ def _vllm_only(task: ServingTask) -> list[str]:
     return needs
 
 
+def _has_cuda() -> bool:
+    """Whether this machine has an NVIDIA GPU, without importing torch (the driver's device file)."""
+    return Path("/dev/nvidiactl").exists()
+
+
 def choose_engine(ctx: LocalService) -> Engine:
     """The engine that serves ``ctx`` here; :class:`GoalFailed` (ConfigurationError) when none can."""
     task = ctx.task
@@ -153,6 +159,12 @@ def choose_engine(ctx: LocalService) -> Engine:
             argv, cwd = vllm.server_command(plan, python)
             # [python, "serve", model_dir, ...] -> the module's form of the same command line
             argv = [python, "-m", VLLM_MODULE, "--model", argv[2], *argv[3:]]
+            if not _has_cuda():
+                # on a CPU: no CUDA graphs to capture, and the engine in the server's own process —
+                # its two spawned processes would import vLLM again, most of a minute on a small machine
+                argv += ["--enforce-eager", "--distributed-executor-backend", "uni"]
+                env = {"VLLM_ENABLE_V1_MULTIPROCESSING": "0"}
+                return Engine("vllm", argv, cwd, f"vllm on the CPU ({python})", env)
             return Engine("vllm", argv, cwd, f"vllm ({python})")
         needs = _vllm_only(task)
         if needs:
@@ -257,7 +269,7 @@ def alive(state: dict[str, Any]) -> bool:
 def _digest(ctx: LocalService, engine: Engine) -> str:
     """What the running server must match: its command line and the files it serves."""
     placed = [(p["role"], p["name"], p["content_hash"]) for p in preparing.recorded(ctx.plan) or []]
-    body = {"argv": engine.argv, "cwd": engine.cwd, "placed": placed}
+    body = {"argv": engine.argv, "cwd": engine.cwd, "env": engine.env, "placed": placed}
     return hashlib.sha256(json.dumps(body, sort_keys=True).encode()).hexdigest()
 
 
@@ -340,6 +352,7 @@ def _running_ensure(ctx: LocalService) -> None:
         proc = subprocess.Popen(
             engine.argv,
             cwd=engine.cwd,
+            env={**os.environ, **engine.env},
             stdin=subprocess.DEVNULL,
             stdout=out,
             stderr=subprocess.STDOUT,

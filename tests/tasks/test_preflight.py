@@ -67,8 +67,14 @@ def test_qlora_on_a_cpu_is_refused_not_switched(tmp_path: Path) -> None:
     assert "needs a CUDA GPU" in info.value.problems[1]
 
 
-def test_gpus_the_worker_lacks_and_vllm_without_cuda_are_refused(tmp_path: Path) -> None:
+def test_gpus_the_worker_lacks_and_vllm_without_its_environment_are_refused(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
     import torch
+
+    from tasks import vllm_env
+
+    monkeypatch.setenv(vllm_env.ENV_VAR, str(tmp_path / "no-python"))  # this worker has no vLLM interpreter
 
     if torch.cuda.is_available():
         pytest.skip("this worker has a CUDA GPU; the refusals are for CPU workers")
@@ -172,7 +178,7 @@ def test_module_names_come_from_the_safetensors_header() -> None:
 
 def test_a_task_whose_nodes_run_elsewhere_needs_no_gpu_here() -> None:
     # a TrainJob's flow pod orchestrates: the GPUs, QLoRA's CUDA and vLLM are the nodes' business
-    # (validation already refuses QLoRA and a vllm backend on a task without GPUs)
+    # (validation already refuses QLoRA on a task without GPUs)
     on_gpu_nodes = quickstart_task(
         {
             "spec.resources.replicas": 2,
