@@ -1,8 +1,10 @@
 """The serve flow (``mloc-serve``): converge a ServingTask with a backend, publish how it stands.
 
 A backend is what tasks/serving/ offers for one place a service can run: its goals
-(tasks/serving/goals.py) and its status. :data:`BACKENDS` is the registry: a new place (the
-Kubernetes backend) is one module plus one line here. The flow logs each goal's outcome as
+(tasks/serving/goals.py) and its status. :data:`BACKENDS` is the registry: ``local`` (a server
+process on loopback, tasks/serving/local.py) and ``kubernetes`` (a Deployment on the task's pool,
+flows/serve_kubernetes.py, for a flow run that is a pod of that pool); a new place is one module
+plus one line here. The flow logs each goal's outcome as
 converging settles it, and publishes the status as the markdown artifact
 ``<name>-service-status``.
 """
@@ -45,7 +47,24 @@ def _local() -> Backend:
     return Backend("local", goals, lambda task: local.status(task.metadata.name))
 
 
-BACKENDS: dict[str, Callable[[], Backend]] = {"local": _local}
+def _kubernetes() -> Backend:
+    """Run where the flow run is a pod of the task's pool: its MLOC home is the cache volume the
+    replicas mount, and the Kubernetes API is its service account's (or KUBECONFIG's)."""
+    from flows import serve_kubernetes
+    from flows.home import mloc_home
+    from work_pools import pool_for_task
+
+    def context(task: ServingTask, base_dir: Path) -> serve_kubernetes.ClusterService:
+        return serve_kubernetes.ClusterService(task, pool_for_task(task), base_dir=base_dir, home=mloc_home())
+
+    def goals(task: ServingTask, base_dir: Path) -> tuple[list[Goal[Any]], Any]:
+        ctx = context(task, base_dir)
+        return list(serve_kubernetes.goals(ctx)), ctx
+
+    return Backend("kubernetes", goals, lambda task: serve_kubernetes.cluster_status(context(task, Path("."))))
+
+
+BACKENDS: dict[str, Callable[[], Backend]] = {"local": _local, "kubernetes": _kubernetes}
 
 
 def status_key(name: str) -> str:

@@ -194,3 +194,29 @@ def test_a_model_that_cannot_be_fetched_fails_before_anything_is_applied(
     assert result.failed is not None and result.failed.reason == "ModelNotFound"
     assert "does not exist" in result.failed.detail
     assert cluster.writes == []
+
+
+@pytest.mark.slow
+def test_the_serve_flow_converges_on_the_cluster_and_fails_with_the_reason_it_saw(
+    cluster: FakeServingCluster, tmp_path: Path, prefect_server: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The mloc-serve flow with backend 'kubernetes', as it runs in a pod of the pool (its MLOC home
+    the cache volume): it applies the objects, and a service Kubernetes cannot schedule fails the run."""
+    from prefect import get_client
+    from prefect.client.schemas.filters import ArtifactFilter, ArtifactFilterKey
+
+    from flows.serve import serve, status_key
+
+    monkeypatch.setenv("MLOC_HOME", str(tmp_path / "home"))
+    ctx = _cluster_service(_task(), cluster, tmp_path)  # local copies of the model and adapter
+    cluster.mode = "unschedulable"
+    state = serve(ctx.task, str(tmp_path), backend="kubernetes", return_state=True)
+    assert state.is_failed()
+    assert "Failed (Unschedulable)" in str(state.message)
+    assert [w[0] for w in cluster.writes] == ["POST", "POST", "POST"]
+    assert (tmp_path / "home" / "serving" / ctx.name / "sources.json").is_file()  # the model went to the "cache volume"
+    with get_client(sync_client=True) as client:
+        [artifact] = client.read_artifacts(
+            artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[status_key(ctx.name)]))
+        )
+    assert "| phase | Failed |" in str(artifact.data) and "Unschedulable" in str(artifact.data)
