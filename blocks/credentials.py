@@ -5,6 +5,8 @@
 - S3: a prefect-aws ``AwsCredentials`` block (keys, region, and for S3-compatible stores
   ``aws_client_parameters.endpoint_url``). Without a block, boto3's default chain
   (environment, instance role, ``AWS_ENDPOINT_URL``) applies.
+- Kubernetes: prefect-kubernetes' ``KubernetesCredentials``: in a pod, its service account;
+  else the kubeconfig ``KUBECONFIG`` names.
 """
 
 from __future__ import annotations
@@ -74,3 +76,18 @@ def s3_client(block_name: str | None) -> S3Client:
     params["config"] = _s3_config().merge(params["config"]) if "config" in params else _s3_config()
     client: S3Client = credentials.get_boto3_session().client("s3", **params)
     return client
+
+
+def kubernetes_credentials() -> Any:
+    """prefect-kubernetes' credentials for the cluster this process is in (its pod's service
+    account) or, outside one, the kubeconfig KUBECONFIG names now (kubernetes_asyncio reads it
+    once, when first imported)."""
+    import os
+    from pathlib import Path
+
+    from prefect_kubernetes.credentials import KubernetesClusterConfig, KubernetesCredentials
+
+    kubeconfig = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
+    in_cluster = bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
+    cluster = KubernetesClusterConfig.from_file(Path(kubeconfig)) if kubeconfig and not in_cluster else None
+    return KubernetesCredentials(cluster_config=cluster)

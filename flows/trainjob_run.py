@@ -324,14 +324,9 @@ def _job_paths(job: TrainJob | EvaluateJob) -> dict[str, dict[str, Any]]:
 
 @contextlib.asynccontextmanager
 async def _clients() -> AsyncIterator[tuple[Any, Any]]:
-    from prefect_kubernetes.credentials import KubernetesClusterConfig, KubernetesCredentials
+    from blocks.credentials import kubernetes_credentials
 
-    # in a pod, its service account; else the kubeconfig KUBECONFIG names now (kubernetes_asyncio reads it once,
-    # when first imported)
-    kubeconfig = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
-    in_cluster = bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
-    cluster = KubernetesClusterConfig.from_file(Path(kubeconfig)) if kubeconfig and not in_cluster else None
-    credentials = KubernetesCredentials(cluster_config=cluster)
+    credentials = kubernetes_credentials()
     async with (
         credentials.get_client("custom_objects") as custom,
         credentials.get_client("core") as core,

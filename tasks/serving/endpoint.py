@@ -13,7 +13,7 @@ from pathlib import Path
 from typing import TYPE_CHECKING
 
 from configs.models import RemoteModelSource, ServingTask
-from tasks.serving.plan import SERVING_DIR, model_name
+from tasks.serving.plan import SERVING_DIR, model_name, referenced_task
 
 if TYPE_CHECKING:
     from configs.models import ServiceModelSource
@@ -27,22 +27,7 @@ class EndpointError(RuntimeError):
 
 
 def _serving_task(source: ServiceModelSource, base_dir: Path) -> ServingTask:
-    from configs import TaskError, load_task
-    from tasks.registry import TASK_TYPES
-
-    path = (base_dir / Path(source.task).expanduser()).resolve()
-    try:
-        task = load_task(path, TASK_TYPES)
-    except TaskError as exc:
-        first = exc.issues[0] if exc.issues else None
-        detail = f"{first.field}: {first.message}" if first else "it does not validate"
-        raise EndpointError(
-            f"the ServingTask '{source.task}' (resolved to {path}) cannot be read: {detail} — check "
-            "spec.model.source.task, and run `mloc validate` on it"
-        ) from exc
-    if not isinstance(task, ServingTask):
-        raise EndpointError(f"'{source.task}' is a {task.kind}, not a ServingTask — name the task.yaml of a service")
-    return task
+    return referenced_task(source.task, base_dir, ServingTask, EndpointError)[0]
 
 
 def local_base_url(name: str, mloc_home: Path) -> str | None:

@@ -17,10 +17,8 @@ pod, its service account; else the kubeconfig KUBECONFIG names), as for TrainJob
 from __future__ import annotations
 
 import contextlib
-import os
 from collections.abc import AsyncIterator
 from dataclasses import dataclass, field
-from pathlib import Path
 from typing import Any
 
 KEDA_GROUP, KEDA_VERSION, KEDA_PLURAL = "keda.sh", "v1alpha1", "scaledobjects"
@@ -37,12 +35,9 @@ CONFIGURATION_REASONS = {
 @contextlib.asynccontextmanager
 async def clients() -> AsyncIterator[tuple[Any, Any, Any]]:
     """(apps, core, custom objects) API clients."""
-    from prefect_kubernetes.credentials import KubernetesClusterConfig, KubernetesCredentials
+    from blocks.credentials import kubernetes_credentials
 
-    kubeconfig = os.environ.get("KUBECONFIG", "").split(os.pathsep)[0]
-    in_cluster = bool(os.environ.get("KUBERNETES_SERVICE_HOST"))
-    cluster = KubernetesClusterConfig.from_file(Path(kubeconfig)) if kubeconfig and not in_cluster else None
-    credentials = KubernetesCredentials(cluster_config=cluster)
+    credentials = kubernetes_credentials()
     async with (
         credentials.get_client("apps") as apps,
         credentials.get_client("core") as core,

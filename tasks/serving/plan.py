@@ -10,10 +10,13 @@ clients ask for are the served names, whichever engine runs.
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
+from pathlib import Path
+from typing import TYPE_CHECKING, TypeVar
 
 if TYPE_CHECKING:
     from configs.models import Engine, ServingTask
+
+T = TypeVar("T")
 
 SERVING_DIR = "serving"
 
@@ -63,3 +66,24 @@ def plan_for(task: ServingTask, mloc_home: str, host: str = "0.0.0.0") -> ServeP
         host=host,
         gpus=spec.resources.hardware.gpu.count,
     )
+
+
+def referenced_task(reference: str, base_dir: Path, kind: type[T], error: type[Exception]) -> tuple[T, Path]:
+    """The task of kind ``kind`` in the task.yaml a field names (``reference``, relative to
+    ``base_dir``), and its folder; ``error`` with the fix when it cannot be read or is another kind."""
+    from configs import TaskError, load_task
+    from tasks.registry import TASK_TYPES
+
+    path = (base_dir / Path(reference).expanduser()).resolve()
+    try:
+        task = load_task(path, TASK_TYPES)
+    except TaskError as exc:
+        first = exc.issues[0] if exc.issues else None
+        detail = f"{first.field}: {first.message}" if first else "it does not validate"
+        raise error(
+            f"the {kind.__name__} '{reference}' (resolved to {path}) cannot be read: {detail} — check the path, "
+            "and run `mloc validate` on it"
+        ) from exc
+    if not isinstance(task, kind):
+        raise error(f"'{reference}' is a {task.kind}, not a {kind.__name__} — name the task.yaml of a {kind.__name__}")
+    return task, path.parent

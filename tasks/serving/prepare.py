@@ -31,7 +31,7 @@ from configs.models import (
     TrainingTask,
 )
 from tasks import download
-from tasks.serving.plan import ServePlan
+from tasks.serving.plan import ServePlan, referenced_task
 from tasks.storage.base import DownloadError
 
 if TYPE_CHECKING:
@@ -61,22 +61,7 @@ class PrepareError(DownloadError):
 
 
 def _training_task(source: TrainedModelSource, base_dir: Path) -> tuple[TrainingTask, Path]:
-    from configs import TaskError, load_task
-    from tasks.registry import TASK_TYPES
-
-    path = (base_dir / Path(source.task).expanduser()).resolve()
-    try:
-        task = load_task(path, TASK_TYPES)
-    except TaskError as exc:
-        first = exc.issues[0] if exc.issues else None
-        detail = f"{first.field}: {first.message}" if first else "it does not validate"
-        raise PrepareError(
-            f"the training task '{source.task}' (resolved to {path}) cannot be read: {detail} — "
-            "check the path, and run `mloc validate` on it"
-        ) from exc
-    if not isinstance(task, TrainingTask):
-        raise PrepareError(f"'{source.task}' is a {task.kind}, not a TrainingTask — name the task.yaml of a training")
-    return task, path.parent
+    return referenced_task(source.task, base_dir, TrainingTask, PrepareError)
 
 
 def _version_prefix(task: TrainingTask, version: str, read_pointer: Any) -> str:

@@ -47,6 +47,24 @@ def _stamp_ns(stamp: str) -> int:
     return int(calendar.timegm(time.strptime(seconds, "%Y-%m-%dT%H:%M:%S"))) * 10**9 + int(fraction.ljust(9, "0"))
 
 
+def write_kubeconfig(folder: Path, port: int) -> Path:
+    """A kubeconfig in ``folder`` whose one context is a fake API server on loopback ``port``."""
+    kubeconfig = folder / "kubeconfig"
+    kubeconfig.write_text(
+        yaml.safe_dump(
+            {
+                "apiVersion": "v1",
+                "kind": "Config",
+                "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
+                "users": [{"name": "fake", "user": {"token": "fake"}}],
+                "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
+                "current-context": "fake",
+            }
+        )
+    )
+    return kubeconfig
+
+
 def _free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))
@@ -168,21 +186,7 @@ class FakeKubernetes:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        port = self.server.server_address[1]
-        kubeconfig = self.workdir / "kubeconfig"
-        kubeconfig.write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
-                    "users": [{"name": "fake", "user": {"token": "fake"}}],
-                    "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
-                    "current-context": "fake",
-                }
-            )
-        )
-        return kubeconfig
+        return write_kubeconfig(self.workdir, self.server.server_address[1])
 
     def stop(self) -> None:
         for pods in self.pods.values():

@@ -25,7 +25,7 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import parse_qs, urlparse
 
-import yaml
+from tests.flows.fake_kubernetes import write_kubeconfig
 
 COLLECTION = re.compile(
     r"^/(?:api/v1|apis/apps/v1|apis/keda\.sh/v1alpha1)/namespaces/([^/]+)/(deployments|services|scaledobjects|pods)"
@@ -68,21 +68,7 @@ class FakeServingCluster:
         self.server = ThreadingHTTPServer(("127.0.0.1", 0), Handler)
         self.server.daemon_threads = True
         threading.Thread(target=self.server.serve_forever, daemon=True).start()
-        port = self.server.server_address[1]
-        kubeconfig = self.workdir / "kubeconfig"
-        kubeconfig.write_text(
-            yaml.safe_dump(
-                {
-                    "apiVersion": "v1",
-                    "kind": "Config",
-                    "clusters": [{"name": "fake", "cluster": {"server": f"http://127.0.0.1:{port}"}}],
-                    "users": [{"name": "fake", "user": {"token": "fake"}}],
-                    "contexts": [{"name": "fake", "context": {"cluster": "fake", "user": "fake"}}],
-                    "current-context": "fake",
-                }
-            )
-        )
-        return kubeconfig
+        return write_kubeconfig(self.workdir, self.server.server_address[1])
 
     def stop(self) -> None:
         for server in [self.server, *self.endpoints]:
