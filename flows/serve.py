@@ -11,8 +11,10 @@ converging settles it, and publishes the status as the markdown artifact
 
 from __future__ import annotations
 
+import time
 from collections.abc import Callable
 from dataclasses import dataclass
+from datetime import UTC, datetime
 from pathlib import Path
 from typing import Any
 
@@ -24,7 +26,7 @@ from configs.models import ServingTask
 from tasks.serving.goals import Converged, Goal, GoalRecord, converge
 from tasks.serving.status import ServiceStatus, now
 
-FLOW_NAME = "mloc-serve"
+FLOW_NAME = "mloc-serve"  # the usage report reads its runs too (flows.usage_compute.BILLED_FLOWS)
 STATUS_SUFFIX = "-service-status"
 
 
@@ -33,18 +35,18 @@ class Backend:
     """One place a service runs: its goals (and what they work on) for a task, and its status."""
 
     name: str
-    goals: Callable[[ServingTask, Path], tuple[list[Goal[Any]], Any]]
-    status: Callable[[ServingTask], ServiceStatus]
+    goals: Callable[[ServingTask, Path, str | None], tuple[list[Goal[Any]], Any]]
+    status: Callable[[ServingTask, str | None], ServiceStatus]
 
 
 def _local() -> Backend:
     from tasks.serving import local
 
-    def goals(task: ServingTask, base_dir: Path) -> tuple[list[Goal[Any]], Any]:
+    def goals(task: ServingTask, base_dir: Path, endpoint: str | None) -> tuple[list[Goal[Any]], Any]:
         ctx = local.service(task, base_dir)
         return list(local.goals(ctx)), ctx
 
-    return Backend("local", goals, lambda task: local.status(task.metadata.name))
+    return Backend("local", goals, lambda task, endpoint: local.status(task.metadata.name))
 
 
 def _kubernetes() -> Backend:
@@ -54,14 +56,19 @@ def _kubernetes() -> Backend:
     from flows.home import mloc_home
     from work_pools import pool_for_task
 
-    def context(task: ServingTask, base_dir: Path) -> serve_kubernetes.ClusterService:
-        return serve_kubernetes.ClusterService(task, pool_for_task(task), base_dir=base_dir, home=mloc_home())
+    def context(task: ServingTask, base_dir: Path, endpoint: str | None) -> serve_kubernetes.ClusterService:
+        return serve_kubernetes.ClusterService(
+            task, pool_for_task(task), base_dir=base_dir, home=mloc_home(), base_url=endpoint or ""
+        )
 
-    def goals(task: ServingTask, base_dir: Path) -> tuple[list[Goal[Any]], Any]:
-        ctx = context(task, base_dir)
+    def goals(task: ServingTask, base_dir: Path, endpoint: str | None) -> tuple[list[Goal[Any]], Any]:
+        ctx = context(task, base_dir, endpoint)
         return list(serve_kubernetes.goals(ctx)), ctx
 
-    return Backend("kubernetes", goals, lambda task: serve_kubernetes.cluster_status(context(task, Path("."))))
+    def status(task: ServingTask, endpoint: str | None) -> ServiceStatus:
+        return serve_kubernetes.cluster_status(context(task, Path("."), endpoint))
+
+    return Backend("kubernetes", goals, status)
 
 
 BACKENDS: dict[str, Callable[[], Backend]] = {"local": _local, "kubernetes": _kubernetes}
@@ -97,16 +104,32 @@ def _failed_status(task: ServingTask, backend: str, failed: GoalRecord, probed: 
 
 
 @flow(name=FLOW_NAME, log_prints=False)
-def serve(task: ServingTask, base_dir: str, backend: str = "local") -> dict[str, Any] | State[Any]:
+def serve(
+    task: ServingTask,
+    base_dir: str,
+    backend: str = "local",
+    endpoint: str | None = None,
+    watch: bool = False,
+    watch_seconds: float | None = None,
+    poll_seconds: float = 30.0,
+) -> dict[str, Any] | State[Any]:
     """Converge ``task``'s service with ``backend`` and return its status and what each goal did;
-    a Failed state holding the same when the service is Failed."""
+    a Failed state holding the same when the service is Failed.
+
+    ``endpoint`` is where this run reaches the service (default: the backend's own address, on a
+    cluster its Service's DNS name). With ``watch``, a Running service is then watched, every
+    ``poll_seconds``, until it is deleted (or for ``watch_seconds``): the run stays Running for as
+    long as the service is, and carries the GPUs its ready replicas hold as held intervals
+    (replicas × gpu.count, of its GPU type), which the usage report bills under task type serving.
+    """
     from prefect.artifacts import create_markdown_artifact
 
     logger = get_run_logger()
     if backend not in BACKENDS:
         raise ValueError(f"'{backend}' is not a serving backend among [{', '.join(BACKENDS)}]")
     chosen = BACKENDS[backend]()
-    goals, ctx = chosen.goals(task, Path(base_dir))
+    _tag_run(task)
+    goals, ctx = chosen.goals(task, Path(base_dir), endpoint)
 
     def told(record: GoalRecord) -> None:
         how = logger.error if record.outcome == "failed" else logger.info
@@ -115,7 +138,7 @@ def serve(task: ServingTask, base_dir: str, backend: str = "local") -> dict[str,
 
     converged = converge(goals, ctx, on_record=told)
     try:
-        status: ServiceStatus | None = chosen.status(task)
+        status: ServiceStatus | None = chosen.status(task, endpoint)
     except LookupError:  # nothing was started
         status = None
     failed = converged.failed
@@ -130,6 +153,74 @@ def serve(task: ServingTask, base_dir: str, backend: str = "local") -> dict[str,
         description=f"How the service {task.metadata.name} stands",
     )
     result = {"status": status.to_dict(), "converged": converged.to_dict()}
+    if watch and status.phase == "Running":
+        watched = _watch(task, lambda: chosen.status(task, endpoint), watch_seconds, poll_seconds)
+        if watched is not None:
+            status = watched
+            result["status"] = status.to_dict()
     if status.phase == "Failed":  # the run fails too: the UI, automations and `prefect flow-run` see it
         return Failed(message=f"{task.metadata.name} is {status.line()}", data=result)
     return result
+
+
+# --- usage: the run is tagged as the service's, and holds what its replicas hold ---------------
+
+
+def _tag_run(task: ServingTask) -> None:
+    """The usage tags of a serving run: its owner, project and task type serving; the run itself
+    (an orchestrating process) holds no GPU, its replicas' GPUs are held intervals (:func:`_watch`)."""
+    from prefect import get_client
+    from prefect.runtime import flow_run
+
+    from flows.pipeline import run_tags
+
+    tags = run_tags(task, trainjob=True)
+    keys = tuple(t.split(":", 1)[0] + ":" for t in tags)
+    with get_client(sync_client=True) as client:
+        current = client.read_flow_run(flow_run.id).tags
+        client.update_flow_run(flow_run.id, tags=sorted({t for t in current if not t.startswith(keys)} | set(tags)))
+
+
+def _hold(gpu_type: str, gpus: int, since: datetime, end: datetime | None) -> None:
+    """Open (end None) or close one held interval on this flow run, its tags read fresh."""
+    from prefect import get_client
+    from prefect.runtime import flow_run
+
+    from flows.usage_compute import held_tag, with_held
+
+    with get_client(sync_client=True) as client:
+        current = client.read_flow_run(flow_run.id).tags
+        client.update_flow_run(flow_run.id, tags=with_held(current, held_tag(gpu_type, gpus, since, end)))
+
+
+def _watch(
+    task: ServingTask, read: Callable[[], ServiceStatus], watch_seconds: float | None, poll_seconds: float
+) -> ServiceStatus | None:
+    """Follow the service until it is deleted (or ``watch_seconds`` pass), holding an interval of
+    ready replicas × gpu.count GPUs while it is Running; the last status seen, None once deleted."""
+    logger = get_run_logger()
+    gpu = task.spec.resources.hardware.gpu
+    deadline = None if watch_seconds is None else time.monotonic() + watch_seconds
+    held: tuple[int, datetime] | None = None  # (GPUs, since) of the open interval
+    last: ServiceStatus | None = None
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            try:
+                last = read()
+            except LookupError:
+                logger.info("service %s is gone: the watch ends", task.metadata.name)
+                last = None
+                break
+            gpus = last.replicas_ready * gpu.count if last.phase == "Running" else 0
+            if held is not None and held[0] != gpus:
+                _hold(gpu.type or "any", held[0], held[1], datetime.now(UTC))
+                held = None
+            if held is None and gpus > 0:
+                held = (gpus, datetime.now(UTC))
+                _hold(gpu.type or "any", gpus, held[1], None)
+                logger.info("service %s holds %d GPU(s) (%s)", task.metadata.name, gpus, last.line())
+            time.sleep(poll_seconds)
+    finally:
+        if held is not None:
+            _hold(gpu.type or "any", held[0], held[1], datetime.now(UTC))
+    return last

@@ -156,8 +156,11 @@ def goals(ctx: ClusterService) -> list[Goal[ClusterService]]:
 
 
 def cluster_status(ctx: ClusterService) -> ServiceStatus:
-    """How the service stands: what Kubernetes says of its pods, then whether its endpoint serves."""
+    """How the service stands: what Kubernetes says of its pods, then whether its endpoint serves;
+    LookupError when it has no Deployment (never applied, or deleted)."""
     view = asyncio.run(kubernetes.observe(ctx.name, ctx.namespace, pod_selector(ctx.name)))
+    if view.deployment is None:
+        raise LookupError(f"no Deployment '{ctx.name}' in namespace {ctx.namespace}")
     phase, reason, message = kubernetes.classify(view)
     found: list[str] = []
     if phase == "Running":

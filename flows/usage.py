@@ -66,7 +66,16 @@ from prefect import flow, get_run_logger
 from flows import usage_output
 from flows.deploy import deployment_fields
 from flows.pipeline import FLOW_NAME
-from flows.usage_compute import DEFAULT_CURRENCY, RunRecord, check_currency, check_rate_card, compute, records, window
+from flows.usage_compute import (
+    BILLED_FLOWS,
+    DEFAULT_CURRENCY,
+    RunRecord,
+    check_currency,
+    check_rate_card,
+    compute,
+    records,
+    window,
+)
 from flows.worker import LOCAL_POOL, queue_for
 
 __all__ = [
@@ -173,7 +182,7 @@ def _pages(client: Any, scope: dict[str, Any], key: Literal["start_time", "end_t
         keyed = scope[key] if cursor is None else scope[key].model_copy(update={bound: cursor})
         runs = FlowRunFilter(**(scope | {key: keyed}), id=FlowRunFilterId(not_any_=at_cursor) if at_cursor else None)
         body = {  # what client.read_flow_runs sends
-            "flows": FlowFilter(name=FlowFilterName(any_=[FLOW_NAME])).model_dump(mode="json"),
+            "flows": FlowFilter(name=FlowFilterName(any_=list(BILLED_FLOWS))).model_dump(mode="json"),
             "flow_runs": runs.model_dump(mode="json", exclude_unset=True),
             "sort": sort.value,
             "limit": page_size,

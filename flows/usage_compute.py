@@ -14,6 +14,10 @@ from datetime import UTC, date, datetime, time, timedelta
 from typing import Any
 
 DECIMALS = 6
+# the flows whose runs hold GPUs: the pipeline's (flows.pipeline.FLOW_NAME) and the serve flow's,
+# whose held intervals are its service's replicas (flows.serve.FLOW_NAME); named here, without
+# importing them, so the report's readers stay light
+BILLED_FLOWS = ("mloc", "mloc-serve")
 DEFAULT_CURRENCY = "USD"  # what GPU clouds bill in; a rate card in another currency says so with --currency
 GROUPS = ("gpu", "user", "project", "task_type")
 # the tags flows.pipeline.run_tags puts on every run; a run missing one is not an MLOC run

@@ -27,7 +27,7 @@ from datetime import date
 from typing import Any, TypeVar
 
 from flows.pipeline import FLOW_NAME
-from flows.usage_compute import RunRecord, records, window
+from flows.usage_compute import BILLED_FLOWS, RunRecord, records, window
 
 T = TypeVar("T")
 
@@ -82,7 +82,7 @@ async def _select(user: str | None, project: str | None, start_date: date, end_d
         sa.select(run.id, run.tags, run.state_type, run.start_time, run.end_time)
         .join(db.Flow, db.Flow.id == run.flow_id)
         .where(
-            db.Flow.name == FLOW_NAME,
+            db.Flow.name.in_(BILLED_FLOWS),
             run.start_time.is_not(None),
             run.start_time <= end,
             sa.or_(run.end_time.is_(None), run.end_time >= start),

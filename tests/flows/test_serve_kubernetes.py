@@ -12,6 +12,7 @@ from __future__ import annotations
 import asyncio
 import json
 import shutil
+import time
 from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
@@ -220,3 +221,52 @@ def test_the_serve_flow_converges_on_the_cluster_and_fails_with_the_reason_it_sa
             artifact_filter=ArtifactFilter(key=ArtifactFilterKey(any_=[status_key(ctx.name)]))
         )
     assert "| phase | Failed |" in str(artifact.data) and "Unschedulable" in str(artifact.data)
+
+
+@pytest.mark.slow
+def test_a_watched_service_is_billed_for_its_ready_replicas_gpus_under_task_type_serving(
+    cluster: FakeServingCluster, tmp_path: Path, prefect_server: None, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The serve flow watching a Running service holds replicas × gpu.count GPUs while it runs; the
+    usage report reads its run like a pipeline run's: task type serving, the GPUs as a held interval."""
+    import threading
+    from datetime import UTC, datetime
+
+    from prefect import get_client
+
+    from flows import pipeline
+    from flows import serve as serve_flow
+    from flows.usage_compute import BILLED_FLOWS, gpu_hours_by_type, records
+
+    assert (pipeline.FLOW_NAME, serve_flow.FLOW_NAME) == BILLED_FLOWS
+    monkeypatch.setenv("MLOC_HOME", str(tmp_path / "home"))
+    ctx = _cluster_service(_task(), cluster, tmp_path)
+
+    def take_down_later() -> None:
+        time.sleep(6)
+        asyncio.run(kubernetes.delete_all(ctx.name, NAMESPACE))
+
+    threading.Thread(target=take_down_later, daemon=True).start()
+    started = datetime.now(UTC)
+    state = serve_flow.serve(
+        ctx.task,
+        str(tmp_path),
+        backend="kubernetes",
+        endpoint=ctx.base_url,
+        watch=True,
+        poll_seconds=0.5,
+        watch_seconds=120,
+        return_state=True,
+    )
+    ended = datetime.now(UTC)
+    assert state.is_completed(), state.message
+    with get_client(sync_client=True) as client:
+        run = client.read_flow_run(state.state_details.flow_run_id)
+    tags = run.tags
+    assert {"task-type:serving", "owner:jane-roe", "project:chat-assistant", "gpu-count:0"} <= set(tags), tags
+    [held] = [t for t in tags if t.startswith("held:")]
+    assert held.startswith("held:nvidia-l40s:1:") and not held.endswith(":open"), held  # 1 replica × 1 GPU
+    [record] = records([(str(run.id), tags, "COMPLETED", run.start_time, run.end_time)])
+    hours = gpu_hours_by_type(record, started.replace(hour=0, minute=0), ended.replace(hour=23, minute=59), ended)
+    assert record.task_type == "serving" and set(hours) == {"nvidia-l40s"}
+    assert 3 / 3600 <= hours["nvidia-l40s"] <= (ended - started).total_seconds() / 3600 + 2 / 3600, hours
