@@ -79,7 +79,12 @@ def test_openapi_is_open_and_declares_the_bearer_scheme(api: Api) -> None:
     schemes = schema["components"]["securitySchemes"]
     assert [s["scheme"] for s in schemes.values()] == ["bearer"]
     operations = [(path, op) for path, item in schema["paths"].items() for op in item.values()]
-    assert {p for p, _ in operations} == {"/api/v1/tasks", "/api/v1/tasks/{run_id}", "/api/v1/stats"}
+    assert {p for p, _ in operations} == {
+        "/api/v1/tasks",
+        "/api/v1/tasks/{run_id}",
+        "/api/v1/stats",
+        "/api/v1/services/{name}",
+    }
     for path, op in operations:
         assert op["security"] == [{name: []} for name in schemes], path
     body = schema["paths"]["/api/v1/tasks"]["post"]["requestBody"]["content"]
