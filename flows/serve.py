@@ -169,16 +169,9 @@ def serve(
 def _tag_run(task: ServingTask) -> None:
     """The usage tags of a serving run: its owner, project and task type serving; the run itself
     (an orchestrating process) holds no GPU, its replicas' GPUs are held intervals (:func:`_watch`)."""
-    from prefect import get_client
-    from prefect.runtime import flow_run
+    from flows.pipeline import _tag_this_run, run_tags
 
-    from flows.pipeline import run_tags
-
-    tags = run_tags(task, trainjob=True)
-    keys = tuple(t.split(":", 1)[0] + ":" for t in tags)
-    with get_client(sync_client=True) as client:
-        current = client.read_flow_run(flow_run.id).tags
-        client.update_flow_run(flow_run.id, tags=sorted({t for t in current if not t.startswith(keys)} | set(tags)))
+    _tag_this_run(run_tags(task, trainjob=True))
 
 
 def _hold(gpu_type: str, gpus: int, since: datetime, end: datetime | None) -> None:
