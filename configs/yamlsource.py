@@ -98,6 +98,8 @@ def _flow_depth(text: str) -> tuple[int, int] | None:
     text (PyYAML's scanner takes quadratic time over deep flow collections, before any event).
     Quoted strings and comments are skipped; brackets inside a block scalar still count, which
     only matters for text nesting 64 brackets deep."""
+    if text.count("[") + text.count("{") <= MAX_DEPTH:
+        return None  # too few brackets to nest that deep: skip the character-by-character pass
     depth, quote, line, line_start = 0, "", 1, 0
     for index, char in enumerate(text):
         if char == "\n":
