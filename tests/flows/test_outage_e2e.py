@@ -20,23 +20,40 @@ import httpx
 import pytest
 import yaml
 
+from tasks.train import run_training
 from tests.flows import prefect_server
 from tests.flows.prefect_server import BIN
+from tests.quickstart_task import quickstart_task
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 OUTAGE_S = 120
-# long enough that training is still running when the server comes back (~45 steps/s here)
-MAX_STEPS = 10_000
+# the training must outlast the outage by this much at the pace measured beforehand: a fixed step
+# count would take four times as long on a machine half as fast as the one it was chosen on
+MARGIN_S = 60
+CALIBRATION_STEPS = 400
 
 
-def long_quickstart(folder: Path) -> Path:
+def steps_for(seconds: float, tmp_path: Path) -> int:
+    """How many quickstart steps this machine trains in ``seconds``, measured by a short training
+    of the same task, in hundreds (the step lines come every 100 steps)."""
+    edits = {"spec.hyperparameters.max_steps": CALIBRATION_STEPS, "spec.hyperparameters.logging_steps": 100}
+    inputs = {
+        "model": {"path": str(CONFIGS / "quickstart" / "tiny-model")},
+        "dataset": {"path": str(CONFIGS / "quickstart" / "qa.jsonl"), "source_type": "local"},
+    }
+    result = run_training(quickstart_task(edits), inputs, tmp_path / "calibration", [].append, lambda event: None)
+    steps_per_s = result.global_step / max(result.runtime_s, 1e-3)
+    return max(int(seconds * steps_per_s / 100) + 1, 5) * 100
+
+
+def long_quickstart(folder: Path, max_steps: int) -> Path:
     task = yaml.safe_load((CONFIGS / "quickstart.yaml").read_text())
     task["metadata"]["name"] = "outage-quickstart"
     for role in ("model", "dataset"):
         task["spec"][role]["source"]["path"] = str(CONFIGS / task["spec"][role]["source"]["path"])
-    task["spec"]["hyperparameters"].update(max_steps=MAX_STEPS, logging_steps=100, save_steps=5_000)
+    task["spec"]["hyperparameters"].update(max_steps=max_steps, logging_steps=100, save_steps=max_steps // 2)
     task["spec"]["evaluation"] = {"enabled": False}
     task["spec"]["output"] = {
         "destination": {"type": "local", "path": str(folder / "out")},
@@ -74,6 +91,7 @@ def wait_for(what: str, check: Callable[[], Any], timeout_s: float, every_s: flo
 
 
 def test_training_outlives_a_two_minute_prefect_outage(tmp_path: Path, port_picker: Callable[[], int]) -> None:
+    max_steps = steps_for(OUTAGE_S + MARGIN_S, tmp_path)
     port = port_picker()
     env = prefect_server.server_env(tmp_path / "prefect", port, MLOC_HOME=str(tmp_path / "mloc"))
     log = tmp_path / "server.log"
@@ -81,7 +99,7 @@ def test_training_outlives_a_two_minute_prefect_outage(tmp_path: Path, port_pick
     worker = None
     try:
         assert cli(env, "mloc", "pools", "apply").returncode == 0
-        deployed = cli(env, "mloc", "deploy", "--local", str(long_quickstart(tmp_path)))
+        deployed = cli(env, "mloc", "deploy", "--local", str(long_quickstart(tmp_path, max_steps)))
         assert deployed.returncode == 0, deployed.stdout + deployed.stderr
         # Prefect's defaults (a poll every 10 s) are what a worker rides an outage out on
         worker = prefect_server.start_worker(env, tmp_path)
@@ -100,14 +118,16 @@ def test_training_outlives_a_two_minute_prefect_outage(tmp_path: Path, port_pick
         at_kill = len(step_lines(train_log))
         time.sleep(OUTAGE_S)
         during = len(step_lines(train_log))
-        assert during > at_kill + 10, f"training stalled while the server was down: {at_kill} -> {during} logged steps"
-        assert not (train_log.parent / "train-result.json").exists(), "raise MAX_STEPS: training ended in the outage"
+        assert during > at_kill + 2, f"training stalled while the server was down: {at_kill} -> {during} logged steps"
+        assert not (train_log.parent / "train-result.json").exists(), (
+            f"raise MARGIN_S: {max_steps} steps ended in the outage"
+        )
 
         server = prefect_server.start(env, port, log)
         # what is left of the training at the pace it kept while the server was down, and time
         # for the upload: a slow or busy machine waits longer instead of failing
         steps_per_s = max((during - at_kill) * 100 / OUTAGE_S, 1.0)
-        left_s = (MAX_STEPS - 100 * len(step_lines(train_log))) / steps_per_s
+        left_s = (max_steps - 100 * len(step_lines(train_log))) / steps_per_s
         final = wait_for(
             "the run's end",
             lambda: (
@@ -133,7 +153,7 @@ def test_training_outlives_a_two_minute_prefect_outage(tmp_path: Path, port_pick
         ):
             logged += [entry["message"] for entry in batch]
         printed = step_lines(train_log)
-        assert len(printed) == MAX_STEPS // 100 + 1  # every 100 steps, and the summary at the end
+        assert len(printed) == max_steps // 100 + 1  # every 100 steps, and the summary at the end
         missing = [line for line in printed if line not in set(logged)]
         assert not missing, f"{len(missing)} of {len(printed)} training lines never reached the run, e.g. {missing[:3]}"
     finally:
