@@ -123,9 +123,7 @@ def run(
     api = _prefect_for_this_command()
     typer.echo(f"mloc: running {task.metadata.name} on {api or 'an embedded local Prefect server'}")
 
-    import prefect
-
-    from flows.pipeline import pipeline, run_tags
+    from flows.pipeline import pipeline
 
     execution = task.spec.execution
     flow = pipeline.with_options(
@@ -134,8 +132,10 @@ def run(
         timeout_seconds=execution.timeout_seconds,
     )
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
-    with prefect.tags(*run_tags(task)):
-        state = flow(task=task, base_dir=str(path.resolve().parent), task_yaml_sha256=digest, return_state=True)
+    # no `prefect.tags(...)` around it: the flow tags its own run (what the usage report reads),
+    # and tags in this context would also land on every task run, each of which then asks the
+    # server for tag-concurrency slots before it starts
+    state = flow(task=task, base_dir=str(path.resolve().parent), task_yaml_sha256=digest, return_state=True)
     _summary(state)
     raise typer.Exit(0 if state.is_completed() else 1)
 
