@@ -34,16 +34,22 @@ def load_rows(path: str, source_type: str, split: str = "train", subset: str | N
 
     # a terminal bar written to a flow run's (or a worker's) stdout is noise in its logs
     disable_progress_bars()
-    root = Path(path)
     if source_type == "huggingface":
-        return load_dataset(str(root), name=subset, split=split)
+        return load_dataset(str(Path(path)), name=subset, split=split)
+    kind, files = data_files(path)
+    return load_dataset(kind, data_files=[str(p) for p in files], split="train")
+
+
+def data_files(path: str) -> tuple[str, list[Path]]:
+    """(the loader, the files) of a local or S3 dataset; also what preflight reads, without `datasets`."""
+    root = Path(path)
     files = [root] if root.is_file() else sorted(p for p in root.rglob("*") if p.suffix in _LOADERS)
     kinds = {_LOADERS.get(p.suffix) for p in files}
     if not files or None in kinds:
         raise DataError(f"{path}: no dataset files found — give .jsonl, .json, .csv or .parquet files")
     if len(kinds) > 1:
         raise DataError(f"{path}: mixes {', '.join(sorted(k for k in kinds if k))} files — keep one format")
-    return load_dataset(kinds.pop(), data_files=[str(p) for p in files], split="train")
+    return str(kinds.pop()), files
 
 
 def _check_template_columns(task: TrainingTask, rows: Dataset) -> None:

@@ -19,6 +19,7 @@ from tasks.registry import trainer_for
 
 if TYPE_CHECKING:
     from configs import TrainingTask
+    from tasks.columns import Glance
 
 
 class PreflightError(RuntimeError):
@@ -148,29 +149,43 @@ def _hardware_of_nodes(task: TrainingTask) -> list[str]:
     ]
 
 
+def _format_first_row(task: TrainingTask, rows: Glance) -> None:
+    format_rows = trainer_for(task.spec.task_type).format_rows
+    try:
+        format_rows(task, rows.head())
+    except AttributeError:
+        # a type of one's own may use more of `datasets.Dataset` than PlainRows has: it gets the real thing
+        from datasets import Dataset
+
+        first = rows.first
+        format_rows(task, Dataset.from_dict({c: [first[c]] if first is not None else [] for c in rows.columns}))
+
+
 def preflight(task: TrainingTask, inputs: dict[str, dict[str, Any]], base_dir: Path) -> list[str]:
     """Raises PreflightError listing every problem; returns notes on what was checked."""
-    from tasks.data import DataError, load_rows
+    from tasks.columns import glance
+    from tasks.data import DataError
     from tasks.upload import UploadError, check_writable
 
     problems: list[str] = []
     notes: list[str] = []
     source = task.spec.dataset.source
     try:
-        rows = load_rows(
+        # not tasks.data.load_rows: this process only orchestrates, and `datasets` costs it a second
+        rows = glance(
             inputs["dataset"]["path"],
             inputs["dataset"]["source_type"],
             getattr(source, "split", "train"),
             getattr(source, "subset", None),
         )
-        problems += check_columns(task, rows.column_names)
-        notes.append(f"dataset: {len(rows)} rows, columns {', '.join(rows.column_names)}")
+        problems += check_columns(task, rows.columns)
+        notes.append(f"dataset: {rows.rows} rows, columns {', '.join(rows.columns)}")
     except (DataError, ValueError, FileNotFoundError) as exc:
         problems.append(f"the dataset cannot be read: {exc}")
     else:
         if not problems:  # the first row through the type's formatting, as training will see it
             try:
-                trainer_for(task.spec.task_type).format_rows(task, rows.select(range(min(1, len(rows)))))
+                _format_first_row(task, rows)
             except DataError as exc:
                 problems.append(str(exc))
     adapter = task.spec.model.adapter
