@@ -30,6 +30,7 @@ from flows.relay import Relay
 from tasks import gates, preflight, train
 from tasks.gates import QualityGateFailed
 from tasks.registry import TASK_TYPES
+from tasks.runner import one_child
 
 FLOW_NAME = "mloc"
 
@@ -239,9 +240,11 @@ def pipeline(task: Task, base_dir: str = ".", task_yaml_sha256: str | None = Non
     ).hexdigest()[:16]
     workdir = mloc_home() / "runs" / task_.metadata.name / key
     evaluating = task_.spec.evaluation.enabled
-    before = evaluate_step(task_, inputs, workdir, "before", None) if evaluating else None
-    trained = train_step(task_, inputs, workdir)
-    after = evaluate_step(task_, inputs, workdir, "after", trained) if evaluating else None
+    # three task runs, one child process: it imports the ML stack once for all three
+    with one_child():
+        before = evaluate_step(task_, inputs, workdir, "before", None) if evaluating else None
+        trained = train_step(task_, inputs, workdir)
+        after = evaluate_step(task_, inputs, workdir, "after", trained) if evaluating else None
     metrics = gates.metrics(task_, before, after)
     results = report.eval_results(task_, inputs, before, after, metrics)
     report.publish(task_, results)

@@ -109,6 +109,11 @@ def child_command(job_path: str, *, python: str | None = None) -> list[str]:
     return [python or sys.executable, "-P", "-m", "tasks", job_path]
 
 
+def serve_command(*, python: str | None = None) -> list[str]:
+    """The command of a child that runs one plain job after another (tasks/runner.py::one_child)."""
+    return [python or sys.executable, "-P", "-m", "tasks", "--serve"]
+
+
 def free_port() -> int:
     with socket.socket() as sock:
         sock.bind(("127.0.0.1", 0))

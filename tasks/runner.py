@@ -7,6 +7,11 @@ launcher per node instead, every one streamed the same way; their ranks' lines a
 prefixed with the rank. The child prints its log lines; lines starting with ``EVENT``
 carry JSON events (progress, metrics) that the parent turns into Prefect artifacts.
 
+Inside :func:`one_child`, the plain (one process) steps of a run share one long-lived child
+instead (``python -m tasks --serve``, which reads job files from its stdin): evaluate-before,
+train and evaluate-after then import torch, transformers and TRL once, not three times. A step
+that fails ends that child; the next step starts a new one.
+
 Parent side: :func:`run_child`. Child side: ``python -m tasks JOB.json`` (tasks/__main__.py),
 which sends events with :func:`emit`.
 """
@@ -14,6 +19,7 @@ which sends events with :func:`emit`.
 from __future__ import annotations
 
 import contextlib
+import contextvars
 import json
 import os
 import queue
@@ -22,13 +28,24 @@ import subprocess
 import threading
 import time
 import uuid
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from pathlib import Path
 from typing import Any, Protocol
 
-from tasks.launch import CHILD_ENV, Launch, child_command, free_port, launcher_command, local_node_env, split_rank
+from tasks.launch import (
+    CHILD_ENV,
+    Launch,
+    child_command,
+    free_port,
+    launcher_command,
+    local_node_env,
+    serve_command,
+    split_rank,
+)
 
 EVENT = "@@mloc-event "
+# what a serving child prints once a job is done; the parent then sends the next one
+STEP_END = "step-end"
 
 
 class ChildError(RuntimeError):
@@ -72,8 +89,12 @@ def run_child(
     workdir.mkdir(parents=True, exist_ok=True)
     job_path = workdir / f"{step}-job.json"
     job_path.write_text(job.model_dump_json(indent=1))
-    env = {**os.environ, **CHILD_ENV}
+    env = {**os.environ, **CHILD_ENV, **_thread_env(job)}
     distributed = launch is not None and launch.distributed
+    shared = _SHARED.get()
+    if shared is not None and not distributed:
+        shared.run(job_path, step, workdir, env, on_line, on_event)
+        return
     if launch is not None and distributed:
         endpoint, run_id = f"127.0.0.1:{free_port()}", uuid.uuid4().hex[:12]
         visible = [d for d in os.environ.get("CUDA_VISIBLE_DEVICES", "").split(",") if d] or [
@@ -88,10 +109,7 @@ def run_child(
         ]
     else:
         commands = [(child_command(str(job_path)), env)]
-    log_path = workdir / f"{step}.log"
-    if log_path.exists():  # each run its own log: what is uploaded is this run's, not every earlier one's
-        ended = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(log_path.stat().st_mtime))
-        log_path.rename(workdir / f"{step}.{ended}.log")
+    log_path = _fresh_log(workdir, step)
     procs = [_start(command, node_env) for command, node_env in commands]
     pid_file = workdir / f"{step}.pid"
     pid_file.write_text("\n".join(str(p.pid) for p in procs))
@@ -137,9 +155,120 @@ def run_child(
         raise ChildError(f"the {step} process {how}; its last lines:\n" + "\n".join(node_lines[0][-15:]))
 
 
-def _start(command: list[str], env: dict[str, str]) -> subprocess.Popen[str]:
+def _fresh_log(workdir: Path, step: str) -> Path:
+    """``<step>.log`` for this run: each run its own log, so what is uploaded is this run's, not
+    every earlier one's; an earlier run's is kept beside it under the time it ended."""
+    log_path = workdir / f"{step}.log"
+    if log_path.exists():
+        ended = time.strftime("%Y%m%dT%H%M%SZ", time.gmtime(log_path.stat().st_mtime))
+        log_path.rename(workdir / f"{step}.{ended}.log")
+    return log_path
+
+
+def _thread_env(job: _Job) -> dict[str, str]:
+    """The thread settings of the child for the CPUs the job's task asks for (tasks/threads.py)."""
+    from tasks.threads import child_env
+
+    task = getattr(job, "task", None)
+    hardware = task.get("spec", {}).get("resources", {}).get("hardware", {}) if isinstance(task, dict) else {}
+    return child_env(hardware.get("cpu"))
+
+
+_SHARED: contextvars.ContextVar[_StepProcess | None] = contextvars.ContextVar("mloc_step_process", default=None)
+
+
+@contextlib.contextmanager
+def one_child() -> Iterator[None]:
+    """Within this block, every plain step :func:`run_child` runs goes to one long-lived child,
+    started by the first of them; it is stopped on the way out (at once if the block failed)."""
+    process = _StepProcess()
+    token = _SHARED.set(process)
+    ok = False
+    try:
+        yield
+        ok = True
+    finally:
+        _SHARED.reset(token)
+        process.close(graceful=ok)
+
+
+class _StepProcess:
+    """A child that runs one job after another: a job file's path a line on its stdin, and
+    :data:`STEP_END` printed once the job is done. It exits on its own when a job fails."""
+
+    def __init__(self) -> None:
+        self.proc: subprocess.Popen[str] | None = None
+        self.lines: queue.Queue[tuple[int, str | None]] = queue.Queue()
+
+    def run(
+        self,
+        job_path: Path,
+        step: str,
+        workdir: Path,
+        env: dict[str, str],
+        on_line: Callable[[str], None],
+        on_event: Callable[[dict[str, Any]], None],
+    ) -> None:
+        if self.proc is None or self.proc.poll() is not None:
+            self.lines = queue.Queue()
+            self.proc = _start(serve_command(), env, stdin=True)
+            threading.Thread(target=_read, args=(self.proc, 0, self.lines), daemon=True).start()
+        proc = self.proc
+        assert proc.stdin is not None
+        log_path = _fresh_log(workdir, step)
+        pid_file = workdir / f"{step}.pid"
+        pid_file.write_text(str(proc.pid))
+        tail: list[str] = []
+        done = False
+        try:
+            proc.stdin.write(f"{job_path}\n")
+            proc.stdin.flush()
+            with open(log_path, "w") as log:
+                while True:
+                    _, line = self.lines.get()
+                    if line is None:  # the child exited: the job failed, or it was killed
+                        break
+                    _, text = split_rank(line)
+                    if text.startswith(EVENT):
+                        event = json.loads(text[len(EVENT) :])
+                        if event.get("event") == STEP_END:
+                            done = True
+                            break
+                        on_event(event)
+                        continue
+                    log.write(line + "\n")
+                    log.flush()
+                    tail = [*tail[-200:], line]
+                    on_line(line)
+        except BaseException:
+            _stop(proc)  # the step was interrupted (a cancellation, a timeout): its work stops with it
+            raise
+        finally:
+            pid_file.unlink(missing_ok=True)
+        if not done:
+            code = proc.wait()
+            how = f"was killed by signal {-code}" if code < 0 else f"exited with code {code}"
+            raise ChildError(f"the {step} process {how}; its last lines:\n" + "\n".join(tail[-15:]))
+
+    def close(self, *, graceful: bool) -> None:
+        """End the child: it exits by itself once its stdin closes, without the interpreter's slow
+        teardown; one that does not within a while, or any after a failure, is stopped."""
+        proc, self.proc = self.proc, None
+        if proc is None:
+            return
+        if graceful and proc.poll() is None:
+            assert proc.stdin is not None
+            with contextlib.suppress(OSError):
+                proc.stdin.close()
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                proc.wait(timeout=30)
+        _stop(proc)
+
+
+def _start(command: list[str], env: dict[str, str], *, stdin: bool = False) -> subprocess.Popen[str]:
     return subprocess.Popen(
         command,
+        stdin=subprocess.PIPE if stdin else subprocess.DEVNULL,
         stdout=subprocess.PIPE,
         stderr=subprocess.STDOUT,
         text=True,
