@@ -18,6 +18,7 @@ if TYPE_CHECKING:  # imported for real inside the commands that need them: start
     from prefect.client.schemas.objects import State
 
     from configs import InferenceTask, ServingTask, TrainingTask
+    from flows.local_server import EmbeddedServer
 
 app = typer.Typer(
     name="mloc",
@@ -105,8 +106,36 @@ def _load_or_exit(path: Path, exit_now: bool = True) -> TrainingTask | Inference
 def run(
     path: Annotated[Path, typer.Argument(help="The task.yaml to run.")],
 ) -> None:
-    """Run a task now, in this process: against PREFECT_API_URL when it is set, else on an
-    embedded local Prefect server. Prints where the outputs went and a summary."""
+    """Run a task now, in this process: against PREFECT_API_URL when it is set, else on the local
+    server `mloc server start` started when it is up, else on an embedded local Prefect server.
+    Prints where the outputs went and a summary."""
+    from flows import local_server
+
+    api = _prefect_for_this_command()
+    long_lived = None if api else local_server.running()
+    # the embedded server boots while this process validates the task and imports the pipeline
+    embedded = local_server.start_embedded() if api is None and long_lived is None else None
+    # in the environment before Prefect is first imported: Prefect reads it then, for every
+    # thread (the relay's threads too), not only for the one a settings context is entered in
+    if embedded is not None:
+        os.environ["PREFECT_API_URL"] = embedded.api_url
+    elif long_lived is not None:
+        os.environ["PREFECT_API_URL"] = str(long_lived["api_url"])
+    if embedded is not None:
+        import atexit
+
+        # at exit, and registered before Prefect is imported: Prefect's own exit handlers, which
+        # send the run's last logs and events to this server, run first (atexit runs in reverse)
+        atexit.register(embedded.stop)
+    _run(path, api, long_lived, embedded)
+
+
+def _run(
+    path: Path,
+    api: str | None,
+    long_lived: dict[str, str | int] | None,
+    embedded: EmbeddedServer | None,
+) -> None:
     import hashlib
 
     task = _load_or_exit(path)  # a taskType this version cannot run is refused here, by validation
@@ -120,9 +149,17 @@ def run(
             err=True,
         )
         raise typer.Exit(EXIT_INVALID)
-    api = _prefect_for_this_command()
-    typer.echo(f"mloc: running {task.metadata.name} on {api or 'an embedded local Prefect server'}")
+    if api:
+        where = api
+    elif long_lived is not None:
+        where = f"the local MLOC server at {long_lived['api_url']} (mloc server start)"
+    else:
+        where = "an embedded local Prefect server"
+    typer.echo(f"mloc: running {task.metadata.name} on {where}")
 
+    from prefect.settings import PREFECT_API_URL, temporary_settings
+
+    from flows.local_server import ServerError
     from flows.pipeline import pipeline
 
     execution = task.spec.execution
@@ -132,16 +169,28 @@ def run(
         timeout_seconds=execution.timeout_seconds,
     )
     digest = hashlib.sha256(path.read_bytes()).hexdigest()
+    if api:
+        url = api
+    elif long_lived is not None:
+        url = str(long_lived["api_url"])
+    else:
+        assert embedded is not None
+        try:
+            url = embedded.wait(float(os.environ["PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS"]))
+        except ServerError as exc:
+            typer.echo(f"mloc run: {exc}", err=True)
+            raise typer.Exit(1) from None
     # no `prefect.tags(...)` around it: the flow tags its own run (what the usage report reads),
     # and tags in this context would also land on every task run, each of which then asks the
     # server for tag-concurrency slots before it starts
-    state = flow(task=task, base_dir=str(path.resolve().parent), task_yaml_sha256=digest, return_state=True)
+    with temporary_settings(updates={PREFECT_API_URL: url}):
+        state = flow(task=task, base_dir=str(path.resolve().parent), task_yaml_sha256=digest, return_state=True)
     _summary(state)
     raise typer.Exit(0 if state.is_completed() else 1)
 
 
 def _prefect_for_this_command() -> str | None:
-    """PREFECT_API_URL, or None: this command's flow then runs on an embedded local Prefect server."""
+    """PREFECT_API_URL, or None: this command's flow then runs on a local Prefect server."""
     os.environ.setdefault("PREFECT_SERVER_ANALYTICS_ENABLED", "false")  # an embedded server stays offline
     # its first start migrates a new database, which takes longer than Prefect's 20 s default on a busy laptop
     os.environ.setdefault("PREFECT_SERVER_EPHEMERAL_STARTUP_TIMEOUT_SECONDS", "180")
@@ -397,6 +446,57 @@ def serve_delete(name: Annotated[str, typer.Argument(help="The service's metadat
         raise typer.Exit(EXIT_INVALID) from None
     for line in done:
         typer.echo(line)
+
+
+server_app = typer.Typer(
+    help="A long-lived local Prefect server (the UI included) that `mloc run` uses instead of starting one per run.",
+    no_args_is_help=True,
+)
+app.add_typer(server_app, name="server")
+
+
+@server_app.command("start")
+def server_start(
+    port: Annotated[int, typer.Option(help="The loopback port it listens on.")] = 4200,
+) -> None:
+    """Start `prefect server start` in the background, on PREFECT_HOME's database; `mloc run`
+    runs on it while it is up (and says so), instead of booting an embedded server each time."""
+    from flows import local_server
+
+    already = local_server.running()
+    try:
+        state = local_server.start_long_lived(port)
+    except local_server.ServerError as exc:
+        typer.echo(f"mloc server start: {exc}", err=True)
+        raise typer.Exit(1) from None
+    verb = "is already running" if already else "started"
+    typer.echo(f"the local MLOC server {verb} at {state['api_url']} (log: {state['log']})")
+    typer.echo(f"  UI: {str(state['api_url']).removesuffix('/api')}")
+    typer.echo(f"  for Prefect's own commands: export PREFECT_API_URL={state['api_url']}")
+    typer.echo("  stop it with: mloc server stop")
+
+
+@server_app.command("stop")
+def server_stop() -> None:
+    """Stop the server `mloc server start` started; `mloc run` boots an embedded one again."""
+    from flows import local_server
+
+    if local_server.stop_long_lived():
+        typer.echo("the local MLOC server is stopped")
+    else:
+        typer.echo("no local MLOC server was running")
+
+
+@server_app.command("status")
+def server_status() -> None:
+    """Whether the local MLOC server is up, and where (exit 1 when it is not)."""
+    from flows import local_server
+
+    state = local_server.running()
+    if state is None:
+        typer.echo("no local MLOC server is running: `mloc run` boots an embedded one for each run")
+        raise typer.Exit(1)
+    typer.echo(f"the local MLOC server is running at {state['api_url']} (log: {state['log']})")
 
 
 pools_app = typer.Typer(help="The work pools: one per GPU type, plus cpu, any-gpu and local.", no_args_is_help=True)

@@ -5,19 +5,16 @@ from __future__ import annotations
 
 import hashlib
 import json
-import os
 from pathlib import Path
 from typing import Any
 
 from prefect import get_run_logger, task
 from prefect.cache_policies import NO_CACHE
 
+from flows.state import mloc_home
 from tasks import download, upload
 
-
-def mloc_home() -> Path:
-    """MLOC's own state on a worker: downloads cache and run work dirs."""
-    return Path(os.environ.get("MLOC_HOME", Path.home() / ".mloc"))
+__all__ = ["fetch_logged", "mloc_home", "task_digest", "upload_step"]
 
 
 def task_digest(task_: Any) -> str:

@@ -89,8 +89,9 @@ def run_child(
     workdir.mkdir(parents=True, exist_ok=True)
     job_path = workdir / f"{step}-job.json"
     job_path.write_text(job.model_dump_json(indent=1))
-    env = {**os.environ, **CHILD_ENV, **_thread_env(job)}
     distributed = launch is not None and launch.distributed
+    # torchrun's nodes here share this machine's CPUs: each process gets its share of them
+    env = {**os.environ, **CHILD_ENV, **_thread_env(job, launch.world_size if launch is not None else 1)}
     shared = _SHARED.get()
     if shared is not None and not distributed:
         shared.run(job_path, step, workdir, env, on_line, on_event)
@@ -165,13 +166,15 @@ def _fresh_log(workdir: Path, step: str) -> Path:
     return log_path
 
 
-def _thread_env(job: _Job) -> dict[str, str]:
-    """The thread settings of the child for the CPUs the job's task asks for (tasks/threads.py)."""
-    from tasks.threads import child_env
+def _thread_env(job: _Job, processes: int = 1) -> dict[str, str]:
+    """The thread settings of the child for the CPUs the job's task asks for (tasks/threads.py),
+    split evenly among ``processes`` processes on this machine."""
+    from tasks.threads import child_env, cpu_budget
 
     task = getattr(job, "task", None)
     hardware = task.get("spec", {}).get("resources", {}).get("hardware", {}) if isinstance(task, dict) else {}
-    return child_env(hardware.get("cpu"))
+    cpu = hardware.get("cpu")
+    return child_env(max(cpu_budget(cpu) // processes, 1) if processes > 1 else cpu)
 
 
 _SHARED: contextvars.ContextVar[_StepProcess | None] = contextvars.ContextVar("mloc_step_process", default=None)

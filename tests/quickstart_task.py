@@ -37,3 +37,21 @@ def quickstart_task(edits: Mapping[str, Any] | None = None) -> TrainingTask:
     result = validate_text(yaml.safe_dump(data), "quickstart.yaml", TASK_TYPES)
     assert isinstance(result.task, TrainingTask), [i.format() for i in result.issues]
     return result.task
+
+
+def write_short_quickstart(folder: Path, *, evaluation: bool = True) -> Path:
+    """``folder/task.yaml``: the quickstart in 10 steps (a small evaluation, or none), its model
+    and data where they ship, its output under ``folder/out``: an `mloc run` that takes seconds."""
+    task = yaml.safe_load((CONFIGS / "quickstart.yaml").read_text())
+    for role in ("model", "dataset"):
+        task["spec"][role]["source"]["path"] = str(CONFIGS / task["spec"][role]["source"]["path"])
+    task["spec"]["hyperparameters"].update(max_steps=10, save_steps=10)
+    if evaluation:
+        task["spec"]["evaluation"].update(max_samples=8, generation_prompts=1, max_new_tokens=4)
+    else:
+        task["spec"]["evaluation"] = {"enabled": False}
+        task["spec"]["output"]["artifacts"] = [a for a in task["spec"]["output"]["artifacts"] if a != "eval_results"]
+    task["spec"]["output"]["destination"]["path"] = str(folder / "out")
+    path = folder / "task.yaml"
+    path.write_text(yaml.safe_dump(task, sort_keys=False))
+    return path

@@ -17,28 +17,15 @@ from pathlib import Path
 
 import httpx
 import pytest
-import yaml
 
 from tests.flows import prefect_server
 from tests.flows.prefect_server import BIN
-from tests.quickstart_task import QUICKSTART_TAGS
+from tests.quickstart_task import QUICKSTART_TAGS, write_short_quickstart
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
 ACCESS = re.compile(r'uvicorn\.access - [0-9.:]+ - "(GET|POST|PATCH|PUT|DELETE) (/api/[^ ?"]*)')
-
-
-def short_quickstart(folder: Path) -> Path:
-    task = yaml.safe_load((CONFIGS / "quickstart.yaml").read_text())
-    for role in ("model", "dataset"):
-        task["spec"][role]["source"]["path"] = str(CONFIGS / task["spec"][role]["source"]["path"])
-    task["spec"]["hyperparameters"].update(max_steps=10, save_steps=10)
-    task["spec"]["evaluation"].update(max_samples=8, generation_prompts=1, max_new_tokens=4)
-    task["spec"]["output"]["destination"]["path"] = str(folder / "out")
-    path = folder / "task.yaml"
-    path.write_text(yaml.safe_dump(task, sort_keys=False))
-    return path
 
 
 def requests(log: Path) -> Counter[str]:
@@ -59,7 +46,7 @@ def test_a_run_asks_for_no_tag_concurrency_slots(tmp_path: Path, port_picker: Ca
     log = tmp_path / "server.log"
     with prefect_server.running(env, port, log):
         ran = subprocess.run(
-            [str(BIN / "mloc"), "run", str(short_quickstart(tmp_path))],
+            [str(BIN / "mloc"), "run", str(write_short_quickstart(tmp_path))],
             env=env,
             capture_output=True,
             text=True,
