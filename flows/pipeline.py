@@ -139,14 +139,21 @@ def evaluate_step(
         reward_model_path=inputs.get("reward_model", {}).get("path"),
         result_path=str(workdir / f"eval-{label}.json"),
     )
+    from prefect.runtime import flow_run
+
+    from tasks import reuse
+
+    earlier = reuse.finished(job, trained)
+    if earlier is not None:  # this very evaluation, of this very model, already done in this work dir
+        result, by = earlier
+        logger.info(f"evaluation ({label}) reused from {f'run {by}' if by else 'an earlier run'}, not evaluated again")
+        return result
     relay = Relay(logger)
     target = trainjob_run.target_from_env()
     try:
         if target is None:
             run_child(job, workdir, relay.line, lambda event: None)
         else:  # on one of the task's nodes: this flow pod has no GPU
-            from prefect.runtime import flow_run
-
             return trainjob_run.evaluate_as_trainjob(
                 task_,
                 job,
@@ -159,6 +166,7 @@ def evaluate_step(
             )
     finally:
         relay.close()
+    reuse.remember(job, trained, str(flow_run.id))
     return json.loads(Path(job.result_path).read_text())
 
 
@@ -174,7 +182,9 @@ def train_step(task_: TrainingTask, inputs: dict[str, dict[str, Any]], workdir: 
     target = trainjob_run.target_from_env()
     try:
         if target is None:
-            result = train.run_training(task_, inputs, workdir, relay.line, relay.event)
+            from prefect.runtime import flow_run
+
+            result = train.run_training(task_, inputs, workdir, relay.line, relay.event, flow_run_id=str(flow_run.id))
         else:
             from prefect.runtime import flow_run
 

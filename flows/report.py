@@ -166,6 +166,8 @@ def manifest(
             "train_loss": trained["train_loss"],
             "runtime_s": trained["runtime_s"],
             "resumed_from": trained["resumed_from"],
+            # the run that trained it: this one, or the earlier run whose training this one reused
+            "flow_run_id": trained.get("flow_run_id"),
         },
         "duration_s": round(duration_s, 3),
         "finished_at": finished_at,

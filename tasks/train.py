@@ -12,7 +12,7 @@ import json
 import os
 import re
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
@@ -39,6 +39,7 @@ class TrainResult:
     merged_dir: str | None  # the adapter merged into the base model, when full_model is asked for
     state_file: str  # trainer_state.json: the log history
     trainer: str  # the TRL trainer class that trained it, e.g. "RLOOTrainer" for a ppo task
+    flow_run_id: str | None = None  # the run that trained it, where a Prefect run did
 
     def to_dict(self) -> dict[str, Any]:
         return asdict(self)
@@ -101,9 +102,10 @@ def prepare_training(
     trains it, resuming from the last complete checkpoint: what every launcher starts from."""
     done = completed_result(task, workdir)
     if done is not None:
+        by = f"run {done.flow_run_id}" if done.flow_run_id else "an earlier run"
         on_line(
             f"training already completed in {workdir} (step {done.global_step}/{done.max_steps}): "
-            "reusing its result, not training again"
+            f"reused from {by}, not training again"
         )
         on_event({"event": "progress", "step": done.global_step, "max_steps": done.max_steps})
         return done
@@ -138,9 +140,11 @@ def run_training(
     workdir: Path,
     on_line: Callable[[str], None],
     on_event: Callable[[dict[str, Any]], None],
+    flow_run_id: str | None = None,
 ) -> TrainResult:
     """Train in a child process (or torchrun nodes on this machine), resuming from the last
-    complete checkpoint; a training this work dir already completed is not run again."""
+    complete checkpoint; a training this work dir already completed is not run again. The
+    result names ``flow_run_id`` as the run that trained it, so a later run reusing it says whose."""
     prepared = prepare_training(task, inputs, workdir, on_line, on_event)
     if isinstance(prepared, TrainResult):
         return prepared
@@ -148,7 +152,14 @@ def run_training(
     if launch.distributed:
         on_line(f"training as {launch.describe()}")
     run_child(prepared, workdir, on_line, on_event, launch)
-    return job_result(prepared)
+    result = job_result(prepared)
+    if flow_run_id is not None:
+        result = replace(result, flow_run_id=flow_run_id)
+        path = Path(prepared.result_path)
+        written = path.with_name(path.name + ".tmp")  # whole or not at all: a torn file would retrain
+        written.write_text(json.dumps(result.to_dict(), indent=1))
+        written.replace(path)
+    return result
 
 
 # --- child side -------------------------------------------------------------------------------

@@ -77,7 +77,7 @@ def test_a_finished_training_is_not_trained_again(tmp_path: Path) -> None:
     again = run_training(task, inputs, tmp_path, lines.append, events.append)
     assert again == first
     assert [line for line in lines if "already completed" in line] == [
-        f"training already completed in {tmp_path} (step 8/8): reusing its result, not training again"
+        f"training already completed in {tmp_path} (step 8/8): reused from an earlier run, not training again"
     ]
     assert not any(line.startswith("step ") for line in lines), "the trainer ran again"
     assert events == [{"event": "progress", "step": 8, "max_steps": 8}]
