@@ -27,13 +27,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tasks.train import run_training  # noqa: E402
-from tests.quickstart_task import quickstart_task  # noqa: E402
+from tests.quickstart_task import QUICKSTART_INPUTS, quickstart_task  # noqa: E402
 
 CONFIGS = ROOT / "configs"
-INPUTS = {
-    "model": {"path": str(CONFIGS / "quickstart" / "tiny-model")},
-    "dataset": {"path": str(CONFIGS / "quickstart" / "qa.jsonl"), "source_type": "local"},
-}
+INPUTS = QUICKSTART_INPUTS
 
 
 def measure(replicas: int, batch: int) -> tuple[float, float, float]:

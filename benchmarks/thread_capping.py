@@ -38,13 +38,10 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 
 from tasks.train import run_training  # noqa: E402
-from tests.quickstart_task import quickstart_task  # noqa: E402
+from tests.quickstart_task import QUICKSTART_INPUTS, quickstart_task  # noqa: E402
 
 CONFIGS = ROOT / "configs"
-INPUTS = {
-    "model": {"path": str(CONFIGS / "quickstart" / "tiny-model")},
-    "dataset": {"path": str(CONFIGS / "quickstart" / "qa.jsonl"), "source_type": "local"},
-}
+INPUTS = QUICKSTART_INPUTS
 THREADS_LINE = "CPU thread(s)"  # the child's "using N CPU thread(s): why" (tasks/__main__.py)
 
 

@@ -24,6 +24,14 @@ QUICKSTART_TAGS = {
 }
 
 
+# what the download step hands the training and evaluation of the quickstart task: its model
+# and data where they ship
+QUICKSTART_INPUTS = {
+    "model": {"path": str(CONFIGS / "quickstart" / "tiny-model")},
+    "dataset": {"path": str(CONFIGS / "quickstart" / "qa.jsonl"), "source_type": "local"},
+}
+
+
 def quickstart_task(edits: Mapping[str, Any] | None = None) -> TrainingTask:
     """configs/quickstart.yaml with the value at each dotted path of ``edits`` replaced
     ("spec.hyperparameters.max_steps": 30), validated like a file."""

@@ -23,7 +23,7 @@ import yaml
 from tasks.train import run_training
 from tests.flows import prefect_server
 from tests.flows.prefect_server import BIN
-from tests.quickstart_task import quickstart_task
+from tests.quickstart_task import QUICKSTART_INPUTS, quickstart_task
 
 pytestmark = [pytest.mark.slow, pytest.mark.e2e]
 
@@ -39,11 +39,9 @@ def steps_for(seconds: float, tmp_path: Path) -> int:
     """How many quickstart steps this machine trains in ``seconds``, measured by a short training
     of the same task, in hundreds (the step lines come every 100 steps)."""
     edits = {"spec.hyperparameters.max_steps": CALIBRATION_STEPS, "spec.hyperparameters.logging_steps": 100}
-    inputs = {
-        "model": {"path": str(CONFIGS / "quickstart" / "tiny-model")},
-        "dataset": {"path": str(CONFIGS / "quickstart" / "qa.jsonl"), "source_type": "local"},
-    }
-    result = run_training(quickstart_task(edits), inputs, tmp_path / "calibration", [].append, lambda event: None)
+    result = run_training(
+        quickstart_task(edits), QUICKSTART_INPUTS, tmp_path / "calibration", [].append, lambda event: None
+    )
     steps_per_s = result.global_step / max(result.runtime_s, 1e-3)
     return max(int(seconds * steps_per_s / 100) + 1, 5) * 100
 

@@ -20,13 +20,10 @@ from configs import TrainingTask
 from tasks.launch import Launch, failure_message, launcher_command, rank_failures, split_rank
 from tasks.runner import ChildError
 from tasks.train import last_checkpoint, run_training
-from tests.quickstart_task import quickstart_task
+from tests.quickstart_task import QUICKSTART_INPUTS, quickstart_task
 
 CONFIGS = Path(__file__).resolve().parents[2] / "configs"
-INPUTS = {
-    "model": {"path": str(CONFIGS / "quickstart" / "tiny-model")},
-    "dataset": {"path": str(CONFIGS / "quickstart" / "qa.jsonl"), "source_type": "local"},
-}
+INPUTS = QUICKSTART_INPUTS
 WORLD = re.compile(r"^\[rank(\d+)\]: rank (\d+) of world size (\d+) .*pid (\d+)$")
 DIGEST = re.compile(r"^\[rank(\d+)\]: rank \d+: trainable parameters sha256:([0-9a-f]{64})$")
 
